@@ -1,0 +1,1 @@
+"""ONNX export, parity validation, benchmarking and FLOP counts (installed as `fxapprox.export`)."""

@@ -1,0 +1,10 @@
+"""fxapprox: replace spans of transformer blocks by closed-form linear maps on the FX graph."""
+
+from __future__ import annotations
+
+from fxapprox.compression import CompressionResult, compress, load
+from fxapprox.errors import *  # noqa: F401,F403
+from fxapprox.errors import __all__ as _errors_all
+
+__all__ = ["compress", "load", "CompressionResult", *_errors_all]
+__version__ = "0.1.0"

@@ -1,0 +1,151 @@
+"""Calibration batches → boundary moments, by running the captured graph in an FX interpreter.
+
+`CalibrationInterpreter` hands each watched boundary tensor to a callback as it is computed and
+stops as soon as the last watched boundary is known (the rest of the model is not run).
+`calibrate()` streams batches through it into `BoundaryMoments`: padding tokens (from an
+`attention_mask`) are dropped, non-finite activations are an error, and it stops after
+`num_samples` samples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal
+
+import torch
+import torch.fx
+from tqdm.auto import tqdm
+
+from fxapprox.boundaries import Boundaries
+from fxapprox.capture import flat_graph_inputs
+from fxapprox.errors import EmptyCalibrationError, FewerSamplesWarning, NonFiniteActivationError
+from fxapprox.inputs import ModelInputs, as_model_inputs, token_mask
+from fxapprox.stats import BoundaryMoments
+
+__all__ = ["CalibrationInterpreter", "calibrate", "token_rows", "iter_batches", "Tokens"]
+
+log = logging.getLogger(__name__)
+
+Tokens = Literal["all", "cls", "mean"]
+
+
+class _Done(Exception):
+    """Raised inside the interpreter once every watched node has been seen."""
+
+
+class CalibrationInterpreter(torch.fx.Interpreter):
+    """Runs `gm`, calling `observe(k, tensor)` for each watched boundary node `H_k`."""
+
+    def __init__(self, gm: torch.fx.GraphModule, watched: dict[torch.fx.Node, int],
+                 observe: Callable[[int, torch.Tensor], None]):
+        super().__init__(gm, garbage_collect_values=True)
+        self.watched = watched
+        self.observe = observe
+        self._last = max(watched, key=lambda n: self._order[n]) if watched else None
+
+    @property
+    def _order(self) -> dict[torch.fx.Node, int]:
+        if not hasattr(self, "_order_cache"):
+            self._order_cache = {n: i for i, n in enumerate(self.module.graph.nodes)}
+        return self._order_cache
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        result = super().run_node(n)
+        if n in self.watched:
+            self.observe(self.watched[n], result)
+            if n is self._last:
+                raise _Done
+        return result
+
+    def observe_batch(self, inputs: ModelInputs) -> None:
+        """Run one batch up to the last watched boundary."""
+        try:
+            with torch.no_grad():
+                self.run(*flat_graph_inputs(self.module, inputs))
+        except _Done:
+            pass
+
+
+def token_rows(h: torch.Tensor, mask: torch.Tensor | None, tokens: Tokens = "all") -> torch.Tensor:
+    """Boundary tensor `(batch, tokens, d)` (or `(batch, d)`) → rows `(n, d)` of unpadded tokens.
+
+    `all`: every unmasked token; `cls`: the first token; `mean`: the mean over unmasked tokens.
+    """
+    if h.ndim == 2:
+        return h
+    h = h.reshape(h.shape[0], -1, h.shape[-1]) if h.ndim > 3 else h
+    if mask is not None and tuple(mask.shape) != tuple(h.shape[:2]):
+        mask = None
+    if tokens == "cls":
+        return h[:, 0]
+    if tokens == "mean":
+        if mask is None:
+            return h.mean(dim=1)
+        w = mask.to(h.dtype).unsqueeze(-1)
+        return (h * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)
+    if mask is None:
+        return h.reshape(-1, h.shape[-1])
+    return h[mask]
+
+
+def iter_batches(loader: Iterable[Any]) -> tuple[ModelInputs, Iterator[ModelInputs]]:
+    """Loader → (first batch, iterator over all batches including the first)."""
+    it = iter(loader)
+    try:
+        first = as_model_inputs(next(it))
+    except StopIteration:
+        raise EmptyCalibrationError(
+            "the calibration loader yielded no batch: pass an iterable of batches (e.g. a "
+            "torch DataLoader over a few hundred training samples)"
+        ) from None
+    return first, itertools.chain([first], (as_model_inputs(b) for b in it))
+
+
+def calibrate(gm: torch.fx.GraphModule, boundaries: Boundaries, indices: list[int],
+              batches: Iterable[ModelInputs], num_samples: int, *, tokens: Tokens = "all",
+              device: torch.device | None = None, progress: bool = True) -> BoundaryMoments:
+    """Stream `batches` through `gm` and accumulate the moments of boundaries `indices`."""
+    moments = BoundaryMoments(indices)
+    watched = {boundaries[k]: k for k in moments.indices}
+    current: dict[int, torch.Tensor] = {}
+
+    def observe(k: int, h: torch.Tensor) -> None:
+        if not torch.isfinite(h).all():
+            raise NonFiniteActivationError(
+                f"boundary H_{k} (output of {'the embeddings' if k < 0 else f'block {k}'}) holds "
+                "NaN or Inf on a calibration batch: check the inputs' preprocessing and the "
+                "model's dtype (float16 overflow?) before calibrating"
+            )
+        current[k] = h.detach()
+
+    interp = CalibrationInterpreter(gm, watched, observe)
+    bar = tqdm(total=num_samples, unit="sample", desc="calibrating", disable=not progress, leave=False)
+    for inputs in batches:
+        remaining = num_samples - moments.samples
+        if remaining <= 0:
+            break
+        if inputs.batch_size > remaining:
+            inputs = inputs.take(remaining)
+        if device is not None:
+            inputs = inputs.to(device)
+        current.clear()
+        interp.observe_batch(inputs)
+        mask = token_mask(inputs)
+        moments.update({k: token_rows(current[k], mask, tokens) for k in moments.indices}, inputs.batch_size)
+        bar.update(inputs.batch_size)
+    bar.close()
+    current.clear()
+    if moments.samples == 0:
+        raise EmptyCalibrationError("no calibration sample was seen: the loader's batches are empty")
+    if moments.samples < num_samples:
+        warnings.warn(
+            f"the calibration loader gave {moments.samples} samples, fewer than num_samples="
+            f"{num_samples}; continuing with {moments.samples}",
+            FewerSamplesWarning,
+            stacklevel=3,
+        )
+    log.info("calibrated on %d samples (%d rows)", moments.samples, moments.rows)
+    return moments

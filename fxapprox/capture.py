@@ -1,0 +1,169 @@
+"""Model + example inputs → `torch.fx.GraphModule` (symbolic trace with leaf blocks, else torch.export).
+
+`torch.fx.symbolic_trace` with the blocks as leaf modules gives clean graphs for hand-written,
+torchvision and timm models; Hugging Face models (transformers 5.x) need
+`torch.export.export(strict=False)` with a dynamic batch dimension (and a dynamic sequence
+dimension for token inputs), then `.module()`. `Captured.path` records which one ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.fx
+from torch import nn
+from torch.export import Dim
+
+from fxapprox.blocks import BlockStack
+from fxapprox.errors import CaptureError
+from fxapprox.inputs import ModelInputs
+
+__all__ = ["Captured", "capture", "flat_graph_inputs"]
+
+log = logging.getLogger(__name__)
+
+CapturePath = Literal["symbolic_trace", "export"]
+
+
+@dataclass
+class Captured:
+    """A captured graph and how it was made."""
+
+    module: torch.fx.GraphModule
+    path: CapturePath
+
+
+class _LeafBlockTracer(torch.fx.Tracer):
+    """Symbolic tracer that keeps each block of the stack as one `call_module` node."""
+
+    def __init__(self, block_paths: set[str]):
+        super().__init__()
+        self._block_paths = block_paths
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name in self._block_paths or super().is_leaf_module(m, module_qualified_name)
+
+
+def _symbolic_trace(model: nn.Module, stack: BlockStack, inputs: ModelInputs) -> torch.fx.GraphModule:
+    tracer = _LeafBlockTracer({stack.block_path(i) for i in range(stack.num_blocks)})
+    graph = tracer.trace(model)
+    gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(inputs.args) > len(placeholders) or any(k not in {p.target for p in placeholders} for k in inputs.kwargs):
+        raise TypeError("traced graph does not take the calibration inputs")
+    # The trace must reproduce eager on the example, or a later rewrite would be wrong.
+    with torch.no_grad():
+        expected, got = inputs.call(model), inputs.call(gm)
+    if not _same_output(expected, got):
+        raise RuntimeError("symbolic trace does not reproduce the eager output")
+    return gm
+
+
+def _same_output(a: Any, b: Any) -> bool:
+    la, sa = torch.utils._pytree.tree_flatten(a)
+    lb, sb = torch.utils._pytree.tree_flatten(b)
+    if sa != sb or len(la) != len(lb):
+        return False
+    return all(
+        torch.equal(x, y) if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) else type(x) is type(y)
+        for x, y in zip(la, lb)
+    )
+
+
+def _dynamic_shapes(inputs: ModelInputs) -> tuple[Any, Any]:
+    """Batch dim dynamic for every tensor; dim 1 dynamic for 2-D integer (token) inputs and
+    the tensors that share their (batch, tokens) shape."""
+    batch = Dim.AUTO
+    token_shapes = {
+        tuple(t.shape[:2]) for t in inputs.tensors() if t.ndim == 2 and not t.is_floating_point()
+    }
+    seq = Dim.AUTO if token_shapes else None
+
+    def spec(v: Any) -> Any:
+        if not isinstance(v, torch.Tensor):
+            return None
+        dims = {0: batch}
+        if seq is not None and v.ndim >= 2 and tuple(v.shape[:2]) in token_shapes:
+            dims[1] = seq
+        return dims
+
+    return tuple(spec(a) for a in inputs.args), {k: spec(v) for k, v in inputs.kwargs.items()}
+
+
+def _export(model: nn.Module, inputs: ModelInputs) -> torch.fx.GraphModule:
+    args_spec, kwargs_spec = _dynamic_shapes(inputs)
+    dynamic_shapes = {**dict(zip(_positional_names(model, len(inputs.args)), args_spec)), **kwargs_spec}
+    ep = torch.export.export(model, inputs.args, inputs.kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+    return ep.module()
+
+
+def _positional_names(model: nn.Module, count: int) -> list[str]:
+    import inspect
+
+    params = [
+        p.name for p in inspect.signature(model.forward).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return params[:count]
+
+
+@contextlib.contextmanager
+def _without_kv_cache(model: nn.Module):
+    """Decoders return a key/value cache object by default; a compressed graph has no use for it."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "use_cache", False):
+        yield
+        return
+    config.use_cache = False
+    log.info("capturing %s with config.use_cache=False (no key/value cache output)", type(model).__name__)
+    try:
+        yield
+    finally:
+        config.use_cache = True
+
+
+def capture(model: nn.Module, inputs: ModelInputs, stack: BlockStack) -> Captured:
+    """Trace `model` on `inputs` with the blocks of `stack` as leaves, else export it."""
+    model.eval()
+    with _without_kv_cache(model):
+        return _capture(model, inputs, stack)
+
+
+def _capture(model: nn.Module, inputs: ModelInputs, stack: BlockStack) -> Captured:
+    errors = []
+    try:
+        gm = _symbolic_trace(model, stack, inputs)
+        log.info("captured %s with torch.fx.symbolic_trace (blocks as leaves)", type(model).__name__)
+        return Captured(gm, "symbolic_trace")
+    except Exception as err:  # any trace failure sends us to the export path
+        errors.append(f"symbolic_trace: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    try:
+        gm = _export(model, inputs)
+        log.info("captured %s with torch.export (strict=False)", type(model).__name__)
+        return Captured(gm, "export")
+    except Exception as err:
+        errors.append(f"torch.export: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    raise CaptureError(
+        f"could not capture {type(model).__name__} as an FX graph ({'; '.join(errors)}). Make the "
+        "forward traceable by torch.export.export(model, args, kwargs, strict=False) with the "
+        "batch you calibrate with, or pass blocks= if the block stack was misidentified"
+    )
+
+
+def flat_graph_inputs(gm: torch.fx.GraphModule, inputs: ModelInputs) -> list[Any]:
+    """Call arguments → the graph's placeholders, in order (for `torch.fx.Interpreter.run`)."""
+    in_spec = getattr(gm, "_in_spec", None)
+    if in_spec is not None:
+        return torch.fx._pytree.tree_flatten_spec((inputs.args, inputs.kwargs), in_spec)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    values = list(inputs.args) + [None] * (len(placeholders) - len(inputs.args))
+    for i, node in enumerate(placeholders):
+        if node.target in inputs.kwargs:
+            values[i] = inputs.kwargs[node.target]
+        elif i >= len(inputs.args) and node.args:
+            values[i] = node.args[0]  # the placeholder's default value
+    return values

@@ -1,0 +1,104 @@
+"""Typed errors of fxapprox: every failure a user can cause → one class under `FxApproxError`.
+
+Each message says what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FxApproxError",
+    "CaptureError",
+    "BlockDiscoveryError",
+    "NoBlockStackError",
+    "AmbiguousBlockStackError",
+    "SpanError",
+    "CalibrationError",
+    "EmptyCalibrationError",
+    "NonFiniteActivationError",
+    "UnsupportedBatchError",
+    "FewerSamplesWarning",
+    "PlanMismatchError",
+    "ExportError",
+    "ExportMismatchError",
+    "ProviderUnavailableError",
+    "AssetError",
+    "ChecksumMismatchError",
+    "RegistryUnreachableError",
+    "DatasetFilesMissingError",
+]
+
+
+class FxApproxError(Exception):
+    """Base class of every error fxapprox raises on purpose."""
+
+
+class CaptureError(FxApproxError):
+    """The model could not be turned into an FX graph by any capture path."""
+
+
+class BlockDiscoveryError(FxApproxError):
+    """The stack of repeated blocks, or a block's output node, could not be identified."""
+
+
+class NoBlockStackError(BlockDiscoveryError):
+    """No ModuleList/Sequential of same-class children was found (or `blocks=` names none)."""
+
+
+class AmbiguousBlockStackError(BlockDiscoveryError):
+    """Several candidate block stacks are equally long; the caller must choose with `blocks=`."""
+
+
+class SpanError(FxApproxError, ValueError):
+    """A span is out of range, overlaps another, or cannot take the requested transform."""
+
+
+class CalibrationError(FxApproxError):
+    """Calibration data was missing, malformed or produced unusable activations."""
+
+
+class EmptyCalibrationError(CalibrationError):
+    """The calibration loader yielded no batch."""
+
+
+class NonFiniteActivationError(CalibrationError):
+    """A watched boundary tensor held NaN or Inf during calibration."""
+
+
+class UnsupportedBatchError(CalibrationError, TypeError):
+    """A batch was neither a tensor, a tuple/list whose first item is the input, nor a mapping."""
+
+
+class FewerSamplesWarning(UserWarning):
+    """The calibration loader ran out before `num_samples` samples were seen."""
+
+
+class PlanMismatchError(FxApproxError):
+    """A saved compression plan does not fit the model it is applied to."""
+
+
+class ExportError(FxApproxError):
+    """The model could not be exported to ONNX, or the export request was malformed."""
+
+
+class ExportMismatchError(ExportError):
+    """onnxruntime's outputs disagree with PyTorch's beyond the tolerance."""
+
+
+class ProviderUnavailableError(ExportError):
+    """An onnxruntime execution provider was requested explicitly but is not available."""
+
+
+class AssetError(FxApproxError):
+    """A built-in model or dataset could not be fetched, verified or converted."""
+
+
+class ChecksumMismatchError(AssetError):
+    """A fetched file's sha256 differs from the pinned one."""
+
+
+class RegistryUnreachableError(AssetError):
+    """The package registry that holds an asset could not be reached."""
+
+
+class DatasetFilesMissingError(AssetError, FileNotFoundError):
+    """Files of a locally installed dataset (e.g. a Debian package) are missing."""

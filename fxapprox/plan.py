@@ -1,0 +1,88 @@
+"""Compression plan (spans, transforms, fitted weights, example inputs) ↔ a directory of JSON + safetensors.
+
+`plan.json` holds everything but tensors; `weights.safetensors` holds each linear span's
+`weight`/`bias` and the example inputs the graph is re-captured with. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fxapprox.errors import PlanMismatchError
+from fxapprox.inputs import ModelInputs
+
+__all__ = ["SpanPlan", "Plan", "PLAN_FORMAT"]
+
+PLAN_FORMAT = "fxapprox-plan/1"
+_JSON, _WEIGHTS = "plan.json", "weights.safetensors"
+
+
+@dataclass
+class SpanPlan:
+    """One replaced span: blocks s+1..e, its transform and its residual on the calibration data."""
+
+    s: int
+    e: int
+    transform: str
+    residual: float
+    in_features: int
+    out_features: int
+
+    @property
+    def key(self) -> str:
+        return f"span.{self.s}.{self.e}"
+
+
+@dataclass
+class Plan:
+    """Everything needed to re-apply a compression to the same model without calibration data."""
+
+    model_class: str
+    blocks: str
+    num_blocks: int
+    spans: list[SpanPlan]
+    num_samples: int
+    ridge: float
+    weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    example: ModelInputs = field(default_factory=ModelInputs, repr=False)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write `plan.json` and `weights.safetensors` into directory `path`."""
+        path = Path(path)
+        if (path / _JSON).exists() and not overwrite:
+            raise FileExistsError(f"{path / _JSON} exists; pass overwrite=True to replace it")
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.weights.items()}
+        tensors.update({f"example.arg.{i}": a.detach().cpu().contiguous() for i, a in enumerate(self.example.args)})
+        tensors.update({f"example.kwarg.{k}": v.detach().cpu().contiguous() for k, v in self.example.kwargs.items()})
+        save_file(tensors, str(path / _WEIGHTS), metadata={"format": PLAN_FORMAT})
+        meta = {k: v for k, v in asdict(self).items() if k not in ("weights", "example")}
+        meta["format"] = PLAN_FORMAT
+        (path / _JSON).write_text(json.dumps(meta, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> Plan:
+        """Read a plan directory written by `save`."""
+        path = Path(path)
+        if not (path / _JSON).is_file() or not (path / _WEIGHTS).is_file():
+            raise PlanMismatchError(
+                f"{path} is not an fxapprox plan directory (expected {_JSON} and {_WEIGHTS} "
+                "written by CompressionResult.save)"
+            )
+        meta: dict[str, Any] = json.loads((path / _JSON).read_text())
+        if meta.pop("format", None) != PLAN_FORMAT:
+            raise PlanMismatchError(f"{path / _JSON} is not in format {PLAN_FORMAT}")
+        tensors = load_file(str(path / _WEIGHTS))
+        args = [tensors[k] for k in sorted((k for k in tensors if k.startswith("example.arg.")),
+                                           key=lambda k: int(k.rsplit(".", 1)[1]))]
+        kwargs = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith("example.kwarg.")}
+        weights = {k: v for k, v in tensors.items() if not k.startswith("example.")}
+        spans = [SpanPlan(**s) for s in meta.pop("spans")]
+        return cls(spans=spans, weights=weights, example=ModelInputs(tuple(args), kwargs), **meta)

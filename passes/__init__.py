@@ -1,0 +1,1 @@
+"""Graph passes over torch.fx GraphModules (installed as `fxapprox.passes`)."""
