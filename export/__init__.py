@@ -1,1 +1,27 @@
-"""ONNX export, parity validation, benchmarking and FLOP counts (installed as `fxapprox.export`)."""
+"""ONNX export, parity validation, benchmarking and FLOP counts (installed as `fxapprox.export`).
+
+Module or compression result → checked ONNX file (`to_onnx`); ONNX file or module → latency
+per batch size (`benchmark`), original vs compressed interleaved (`compare`); module → FLOPs
+and parameters per block (`count_flops`, `compare_flops`).
+"""
+
+from __future__ import annotations
+
+from fxapprox.export.benchmark import BenchResult, Timing, benchmark, compare, resolve_providers
+from fxapprox.export.flops import FlopCount, compare_flops, count_flops
+from fxapprox.export.onnx import OnnxExport, ParityCheck, read_metadata, to_onnx
+
+__all__ = [
+    "to_onnx",
+    "OnnxExport",
+    "ParityCheck",
+    "read_metadata",
+    "benchmark",
+    "compare",
+    "BenchResult",
+    "Timing",
+    "resolve_providers",
+    "count_flops",
+    "compare_flops",
+    "FlopCount",
+]

@@ -9,6 +9,7 @@ dimension for token inputs), then `.module()`. `Captured.path` records which one
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,10 +20,10 @@ from torch import nn
 from torch.export import Dim
 
 from fxapprox.blocks import BlockStack
-from fxapprox.errors import CaptureError
+from fxapprox.errors import CaptureError, UnsupportedBatchError
 from fxapprox.inputs import ModelInputs
 
-__all__ = ["Captured", "capture", "flat_graph_inputs"]
+__all__ = ["Captured", "capture", "conform_inputs", "flat_graph_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +99,12 @@ def _export(model: nn.Module, inputs: ModelInputs) -> torch.fx.GraphModule:
     args_spec, kwargs_spec = _dynamic_shapes(inputs)
     dynamic_shapes = {**dict(zip(_positional_names(model, len(inputs.args)), args_spec)), **kwargs_spec}
     ep = torch.export.export(model, inputs.args, inputs.kwargs, dynamic_shapes=dynamic_shapes, strict=False)
-    return ep.module()
+    gm = ep.module()
+    gm.register_forward_pre_hook(_conform_call, with_kwargs=True, prepend=True)
+    return gm
 
 
 def _positional_names(model: nn.Module, count: int) -> list[str]:
-    import inspect
-
     params = [
         p.name for p in inspect.signature(model.forward).parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
@@ -154,10 +155,41 @@ def _capture(model: nn.Module, inputs: ModelInputs, stack: BlockStack) -> Captur
     )
 
 
+def conform_inputs(gm: torch.nn.Module, inputs: ModelInputs) -> ModelInputs:
+    """Call arguments → the positional/keyword split an exported graph was captured with.
+
+    `torch.export`'s `module()` accepts only the call structure of its example (`gm(x)` or
+    `gm(pixel_values=x)`, not both); arguments are re-bound through the forward's signature.
+    Modules without an export input spec get the inputs unchanged.
+    """
+    spec = getattr(gm, "_in_spec", None)
+    if spec is None or spec.num_children != 2:
+        return inputs
+    num_args, keys = spec.child(0).num_children, list(spec.child(1).context or [])
+    if len(inputs.args) == num_args and set(inputs.kwargs) == set(keys):
+        return inputs
+    try:
+        bound = inspect.signature(gm.forward).bind(*inputs.args, **inputs.kwargs)
+    except TypeError as err:
+        raise UnsupportedBatchError(
+            f"the inputs {list(inputs.kwargs) or f'({len(inputs.args)} positional)'} do not fit the "
+            f"captured module's signature {inspect.signature(gm.forward)}: {err}"
+        ) from None
+    values = list(bound.arguments.items())
+    return ModelInputs(tuple(v for _, v in values[:num_args]), {k: v for k, v in values[num_args:]})
+
+
+def _conform_call(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook: lets an exported graph be called positionally or by keyword alike."""
+    inputs = conform_inputs(module, ModelInputs(tuple(args), dict(kwargs)))
+    return inputs.args, inputs.kwargs
+
+
 def flat_graph_inputs(gm: torch.fx.GraphModule, inputs: ModelInputs) -> list[Any]:
     """Call arguments → the graph's placeholders, in order (for `torch.fx.Interpreter.run`)."""
     in_spec = getattr(gm, "_in_spec", None)
     if in_spec is not None:
+        inputs = conform_inputs(gm, inputs)
         return torch.fx._pytree.tree_flatten_spec((inputs.args, inputs.kwargs), in_spec)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     values = list(inputs.args) + [None] * (len(placeholders) - len(inputs.args))

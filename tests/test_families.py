@@ -43,6 +43,16 @@ def test_hf_family(family, spans):
     assert res.num_params_after < res.num_params_before
 
 
+def test_compressed_module_takes_positional_and_keyword_calls():
+    model, batches, other = hf_family("vit")
+    res = fxapprox.compress(model, batches, spans=[(0, 2)], num_samples=8, progress=False)
+    x = other["pixel_values"]
+    assert torch.equal(res.module(x).last_hidden_state, res.module(pixel_values=x).last_hidden_state)
+    positional = fxapprox.compress(model, [b["pixel_values"] for b in batches], spans=[(0, 2)], num_samples=8,
+                                   progress=False)
+    assert torch.equal(positional.module(pixel_values=x).last_hidden_state, res.module(x).last_hidden_state)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is None, reason="torchvision not installed")
 def test_torchvision_vit():
     model = torchvision_vit()

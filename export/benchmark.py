@@ -1,0 +1,325 @@
+"""ONNX file or PyTorch module + example inputs → latency (median and spread) and items/s per batch size.
+
+ONNX files run in onnxruntime: the CUDA execution provider with IO binding (inputs and outputs
+stay on the GPU) when it is available, the CPU provider otherwise; the provider that really ran
+is reported, and one requested explicitly but unavailable raises `ProviderUnavailableError`.
+Modules run in PyTorch eager (on CUDA where present). `compare` times an original and a
+compressed model interleaved in one run and reports their latency ratio next to their FLOP ratio.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fxapprox.errors import ExportError, ProviderUnavailableError
+from fxapprox.inputs import ModelInputs, as_model_inputs
+from fxapprox.capture import conform_inputs
+from fxapprox.export.onnx import _set_eval, _unwrap, ort_feed, resize_inputs
+
+__all__ = ["Timing", "BenchResult", "benchmark", "compare", "resolve_providers", "onnx_example_inputs"]
+
+log = logging.getLogger(__name__)
+
+_CUDA, _CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+_ALIASES = {"cuda": _CUDA, "gpu": _CUDA, "cpu": _CPU, "tensorrt": "TensorrtExecutionProvider"}
+
+
+@dataclass
+class Timing:
+    """Latency statistics of one model at one batch size (milliseconds per call)."""
+
+    batch_size: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    min_ms: float
+    std_ms: float
+    items_per_s: float
+    iters: int
+
+    @classmethod
+    def of(cls, batch_size: int, seconds: Sequence[float]) -> Timing:
+        ms = np.asarray(seconds) * 1e3
+        median = float(np.median(ms))
+        return cls(batch_size, median, float(np.percentile(ms, 10)), float(np.percentile(ms, 90)),
+                   float(ms.min()), float(ms.std()), batch_size / (median / 1e3), len(ms))
+
+
+@dataclass
+class BenchResult:
+    """Timings of one model on one backend; `provider` is the onnxruntime provider (or torch device) that ran."""
+
+    backend: str
+    provider: str
+    device: str
+    timings: list[Timing] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def resolve_providers(providers: Sequence[str] | str | None) -> tuple[list[str], bool]:
+    """Requested providers (full names or `cuda`/`cpu`) → onnxruntime's names and whether they were explicit.
+
+    None → CUDA then CPU where onnxruntime has CUDA, else CPU. An explicitly requested provider
+    that this onnxruntime lacks → `ProviderUnavailableError`.
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if providers is None:
+        return ([_CUDA, _CPU] if _CUDA in available else [_CPU]), False
+    if isinstance(providers, str):
+        providers = [providers]
+    names = [_ALIASES.get(p.lower(), p) for p in providers]
+    missing = [p for p in names if p not in available]
+    if missing:
+        hint = " (install the `gpu` extra: pip install onnxruntime-gpu, and a CUDA driver)" if _CUDA in missing else ""
+        raise ProviderUnavailableError(
+            f"onnxruntime provider(s) {missing} are not available here{hint}; available: {available}. "
+            "Leave providers=None to use the best available one"
+        )
+    return names, True
+
+
+def _ort_session(path: Path, providers: Sequence[str] | str | None, threads: int | None) -> tuple[Any, str]:
+    import onnxruntime as ort
+
+    names, explicit = resolve_providers(providers)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=names)
+    ran = session.get_providers()[0]
+    if ran != names[0]:
+        if explicit:
+            raise ProviderUnavailableError(
+                f"onnxruntime could not start {names[0]} for {path} and fell back to {ran} (check the "
+                "CUDA/cuDNN libraries onnxruntime-gpu needs); request providers=['CPUExecutionProvider'] "
+                "to benchmark on the CPU"
+            )
+        log.warning("onnxruntime could not start %s; running on %s", names[0], ran)
+    return session, ran
+
+
+def _ort_runner(session: Any, provider: str, inputs: ModelInputs) -> Callable[[], Any]:
+    """A zero-argument call that runs the session once on `inputs` (IO binding on CUDA)."""
+    named = {**{f"input_{i}": a for i, a in enumerate(inputs.args)}, **inputs.kwargs}
+    feed = ort_feed(session, named)
+    if provider != _CUDA:
+        return lambda: session.run(None, feed)
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    for name, arr in feed.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, "cuda", 0))
+    for out in session.get_outputs():
+        binding.bind_output(out.name, "cuda")
+
+    def run() -> None:
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    return run
+
+
+def _torch_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ProviderUnavailableError("device='cuda' was requested but PyTorch sees no CUDA device; use device='cpu'")
+    return device
+
+
+def _on_device(module: nn.Module, device: torch.device) -> nn.Module:
+    """The module on `device` (a copy when it has to move, so the caller's model stays put).
+
+    A torch.export graph may hold tensors made on its capture device inside the graph; time a
+    compressed model on the device it was compressed on.
+    """
+    tensors = [*module.parameters(), *module.buffers()]
+    if all(t.device == device for t in tensors):
+        return module
+    return copy.deepcopy(module).to(device)
+
+
+def _torch_runner(module: nn.Module, inputs: ModelInputs, device: torch.device) -> Callable[[], Any]:
+    on_device = conform_inputs(module, inputs).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def run() -> None:
+        with torch.inference_mode():
+            on_device.call(module)
+        sync()
+
+    return run
+
+
+class _Target:
+    """One model to time: an ONNX file in onnxruntime or a module in PyTorch eager."""
+
+    def __init__(self, target: Any, providers: Sequence[str] | str | None, device: str | torch.device | None,
+                 threads: int | None):
+        if isinstance(target, (str, Path)):
+            path = Path(target)
+            if not path.is_file():
+                raise ExportError(f"{path} is not a file; pass an ONNX file written by to_onnx, or a module")
+            self.session, self.provider = _ort_session(path, providers, threads)
+            self.backend, self.device = "onnxruntime", "cuda" if self.provider == _CUDA else "cpu"
+            self.module = None
+        else:
+            if providers is not None:
+                raise ExportError("providers= chooses onnxruntime providers; for a PyTorch module pass device= instead")
+            module, _ = _unwrap(target)
+            _set_eval(module)
+            dev = _torch_device(device)
+            if threads:
+                torch.set_num_threads(threads)
+            self.module, self.session = _on_device(module, dev), None
+            self.backend, self.device = "torch", str(dev)
+            self.provider = f"torch-{dev.type}"
+
+    def runner(self, inputs: ModelInputs) -> Callable[[], Any]:
+        if self.session is not None:
+            return _ort_runner(self.session, self.provider, inputs)
+        return _torch_runner(self.module, inputs, torch.device(self.device))
+
+
+def onnx_example_inputs(path: str | Path, *, batch_size: int = 1, seq_len: int = 128) -> ModelInputs:
+    """An ONNX file's graph inputs → one example batch: floats random normal, integers (token
+    ids, masks) all ones; symbolic axes become `batch_size` (the first) and `seq_len` (others)."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    kwargs = {}
+    gen = torch.Generator().manual_seed(0)
+    for inp in model.graph.input:
+        if inp.name in initializers:
+            continue
+        tt = inp.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else (batch_size if i == 0 else seq_len)
+                 for i, d in enumerate(tt.shape.dim)]
+        dtype = torch.from_numpy(np.zeros(0, tensor_dtype_to_np_dtype(tt.elem_type))).dtype
+        if dtype.is_floating_point:
+            kwargs[inp.name] = torch.randn(shape, generator=gen).to(dtype)
+        else:
+            kwargs[inp.name] = torch.ones(shape, dtype=dtype)
+    return ModelInputs((), kwargs)
+
+
+def _batch(inputs: ModelInputs, batch_size: int) -> ModelInputs:
+    return inputs if batch_size == inputs.batch_size else resize_inputs(inputs, batch_size)
+
+
+def _time(run: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def benchmark(path_or_module: Any, inputs: Any = None, *, providers: Sequence[str] | str | None = None,
+              batch_sizes: Sequence[int] = (1, 8, 32), warmup: int = 5, iters: int = 30,
+              device: str | torch.device | None = None, threads: int | None = None) -> BenchResult:
+    """Time an ONNX file (onnxruntime) or a module (PyTorch eager) at each batch size.
+
+    `inputs` is one example batch (tensor, tuple, dict or `ModelInputs`); its rows are repeated
+    to make each batch size; for an ONNX file it may be None (see `onnx_example_inputs`).
+    `providers` (ONNX only) defaults to CUDA then CPU; `device` (modules only) defaults to CUDA
+    where present.
+    """
+    if inputs is None:
+        if not isinstance(path_or_module, (str, Path)):
+            raise ExportError("benchmark(module, inputs): a module needs example inputs (a tensor, tuple or dict)")
+        inputs = onnx_example_inputs(path_or_module)
+    inputs = as_model_inputs(inputs)
+    target = _Target(path_or_module, providers, device, threads)
+    result = BenchResult(target.backend, target.provider, target.device)
+    for b in batch_sizes:
+        run = target.runner(_batch(inputs, b))
+        for _ in range(warmup):
+            run()
+        result.timings.append(Timing.of(b, [_time(run) for _ in range(iters)]))
+        log.info("%s %s batch %d: %.3f ms", target.backend, target.provider, b, result.timings[-1].median_ms)
+    return result
+
+
+def compare(original: Any, compressed: Any, inputs: Any, *, providers: Sequence[str] | str | None = None,
+            batch_sizes: Sequence[int] = (1, 8, 32), warmup: int = 5, iters: int = 30,
+            device: str | torch.device | None = None, threads: int | None = None,
+            modules: tuple[Any, Any] | None = None, blocks: str | None = None,
+            flop_speedup: float | None = None) -> dict[str, Any]:
+    """Original vs compressed, timed interleaved (alternating order every call) in one run.
+
+    Both are ONNX files or both modules. FLOPs come from the modules (`modules=(original,
+    compressed)` when timing ONNX files). Per batch size the result holds both timings, the
+    measured `speedup` (original / compressed median latency), the `flop_speedup` (original /
+    compressed FLOPs; pass `flop_speedup=` to give it directly) and `efficiency` =
+    speedup / flop_speedup.
+    """
+    from fxapprox.export.flops import compare_flops
+
+    inputs = as_model_inputs(inputs)
+    kinds = {isinstance(t, (str, Path)) for t in (original, compressed)}
+    if len(kinds) != 1:
+        raise ExportError("compare() needs two ONNX files or two modules, not one of each")
+    a = _Target(original, providers, device, threads)
+    b = _Target(compressed, providers, device, threads)
+    if modules is None and a.module is not None and flop_speedup is None:
+        modules = (original, compressed)
+    flops = compare_flops(modules[0], modules[1], inputs.take(1), blocks=blocks) if modules else None
+    if flop_speedup is None and flops is not None:
+        flop_speedup = flops["flop_ratio"]
+    rows = []
+    for bs in batch_sizes:
+        sized = _batch(inputs, bs)
+        run_a, run_b = a.runner(sized), b.runner(sized)
+        for _ in range(warmup):
+            run_a()
+            run_b()
+        ta, tb = [], []
+        for i in range(iters):
+            if i % 2:
+                ta.append(_time(run_a))
+                tb.append(_time(run_b))
+            else:
+                tb.append(_time(run_b))
+                ta.append(_time(run_a))
+        ma, mb = Timing.of(bs, ta), Timing.of(bs, tb)
+        speedup = ma.median_ms / mb.median_ms
+        rows.append({
+            "batch_size": bs,
+            "original": asdict(ma),
+            "compressed": asdict(mb),
+            "speedup": speedup,
+            "latency_ratio": mb.median_ms / ma.median_ms,
+            "flop_speedup": flop_speedup,
+            "efficiency": speedup / flop_speedup if flop_speedup else None,
+        })
+        log.info("batch %d: %.3f ms → %.3f ms (speed-up %.2f×, FLOP ratio %s)", bs, ma.median_ms, mb.median_ms,
+                 speedup, f"{flop_speedup:.2f}×" if flop_speedup else "n/a")
+    return {
+        "backend": a.backend,
+        "provider": a.provider,
+        "device": a.device,
+        "flop_speedup": flop_speedup,
+        "param_ratio": flops["param_ratio"] if flops else None,
+        "flops": flops,
+        "warmup": warmup,
+        "iters": iters,
+        "rows": rows,
+    }
