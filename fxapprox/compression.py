@@ -143,8 +143,9 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
             f"blocks: choose 1 <= num_blocks <= {stack.num_blocks}"
         )
     params_before = _count_params(model)
+    device = _reference_param(model).device
     first, batches = iter_batches(calib_loader)
-    example = _example(first)
+    example = _example(first).to(device)
     captured = capture(model, example, stack)
     boundaries = find_boundaries(captured.module, stack)
     widths = _boundary_widths(captured, boundaries, example)
@@ -153,7 +154,8 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
         watched = sorted({k for span in spans for k in span})
     else:
         watched = list(range(-1, stack.num_blocks))
-    moments = calibrate(captured.module, boundaries, watched, batches, num_samples, progress=progress)
+    moments = calibrate(captured.module, boundaries, watched, batches, num_samples, device=device,
+                        progress=progress)
     if spans is None:
         spans = select_spans(moments, stack.num_blocks, num_blocks, metric=metric, transform=transform,
                              widths=widths, ridge=ridge)

@@ -49,6 +49,7 @@ class Plan:
     spans: list[SpanPlan]
     num_samples: int
     ridge: float
+    source: str | None = None  # how to load the model again (asset name, directory or hub id)
     weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     example: ModelInputs = field(default_factory=ModelInputs, repr=False)
 
