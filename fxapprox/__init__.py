@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from fxapprox.analysis import Analysis, analyze
 from fxapprox.compression import CompressionResult, compress, load
 from fxapprox.errors import *  # noqa: F401,F403
 from fxapprox.errors import __all__ as _errors_all
 
-__all__ = ["compress", "load", "CompressionResult", *_errors_all]
+__all__ = ["compress", "load", "CompressionResult", "analyze", "Analysis", *_errors_all]
 __version__ = "0.1.0"

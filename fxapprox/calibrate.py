@@ -23,7 +23,7 @@ from fxapprox.boundaries import Boundaries
 from fxapprox.capture import flat_graph_inputs
 from fxapprox.errors import EmptyCalibrationError, FewerSamplesWarning, NonFiniteActivationError
 from fxapprox.inputs import ModelInputs, as_model_inputs, token_mask
-from fxapprox.stats import BoundaryMoments
+from fxapprox.stats import BoundaryMoments, FoldedMoments
 
 __all__ = ["CalibrationInterpreter", "calibrate", "token_rows", "iter_batches", "Tokens"]
 
@@ -106,9 +106,14 @@ def iter_batches(loader: Iterable[Any]) -> tuple[ModelInputs, Iterator[ModelInpu
 
 def calibrate(gm: torch.fx.GraphModule, boundaries: Boundaries, indices: list[int],
               batches: Iterable[ModelInputs], num_samples: int, *, tokens: Tokens = "all",
-              device: torch.device | None = None, progress: bool = True) -> BoundaryMoments:
-    """Stream `batches` through `gm` and accumulate the moments of boundaries `indices`."""
-    moments = BoundaryMoments(indices)
+              device: torch.device | None = None, progress: bool = True,
+              moments: BoundaryMoments | FoldedMoments | None = None) -> BoundaryMoments | FoldedMoments:
+    """Stream `batches` through `gm` and accumulate the moments of boundaries `indices`.
+
+    `moments`: an empty accumulator to fill instead of a new `BoundaryMoments(indices)` (e.g.
+    `FoldedMoments` for held-out scores); it is returned.
+    """
+    moments = BoundaryMoments(indices) if moments is None else moments
     watched = {boundaries[k]: k for k in moments.indices}
     current: dict[int, torch.Tensor] = {}
 

@@ -1,0 +1,150 @@
+"""Benchmark: analyze() on a 12-block ViT-S-sized random model at 112 px → JSON (time vs forward, peak memory).
+
+Timing, side by side in one process (each case `--repeats` times, interleaved, best kept; wall
+seconds and this process's CPU seconds, the latter less disturbed by other load on the machine):
+* `forward`: a plain eager forward pass over the samples (the floor for any calibration);
+* `analyze-cls` / `analyze-all`: `analyze(tokens="cls" | "all")` over the same samples, every span
+  scored by every metric; the capture (torch.export, a fixed cost independent of the samples) is
+  also timed alone so that the pass itself can be compared with the forward.
+Memory: `analyze(tokens="all")` in a fresh process at `--memory-samples` (default 128 and 1024),
+peak RSS; batches are generated on the fly so the data does not grow the process either.
+
+    python benchmarks/bench_analyze.py [--samples 128] [--batch 32] [--repeats 2] [--memory-samples 128 1024]
+                                       [--json out.json] [--heatmap out.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from bench_compress import _batches, _model
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _analyze(model, samples: int, batch: int, tokens: str):
+    import fxapprox
+
+    return fxapprox.analyze(model, _batches(samples, batch), num_samples=samples, tokens=tokens, progress=False)
+
+
+def _capture_seconds(model, batch: int) -> float:
+    from fxapprox.blocks import find_block_stack
+    from fxapprox.boundaries import find_boundaries
+    from fxapprox.capture import capture
+    from fxapprox.inputs import as_model_inputs
+
+    t0 = time.perf_counter()
+    stack = find_block_stack(model)
+    captured = capture(model, as_model_inputs(next(_batches(2, batch))), stack)
+    find_boundaries(captured.module, stack)
+    return time.perf_counter() - t0
+
+
+def timing(samples: int, batch: int, repeats: int, heatmap: str | None = None) -> dict:
+    """Best-of-`repeats` seconds of forward / analyze(cls) / analyze(all), interleaved."""
+    model = _model()
+    best: dict[str, float] = {}
+    best_cpu: dict[str, float] = {}
+    runs: dict[str, list[float]] = {}
+    an = {}
+    for _ in range(repeats):
+        for case in ("forward", "analyze-cls", "analyze-all", "capture"):
+            t0, c0 = time.perf_counter(), time.process_time()
+            if case == "forward":
+                with torch.no_grad():
+                    for b in _batches(samples, batch):
+                        model(**b)
+            elif case == "capture":
+                _capture_seconds(model, batch)
+            else:
+                an[case] = _analyze(model, samples, batch, case.split("-")[1])
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+            runs.setdefault(case, []).append(round(seconds, 2))
+            best[case] = min(best.get(case, float("inf")), seconds)
+            best_cpu[case] = min(best_cpu.get(case, float("inf")), cpu)
+    fwd, cap = best["forward"], best["capture"]
+    cfwd, ccap = best_cpu["forward"], best_cpu["capture"]
+    if heatmap:
+        an["analyze-all"].plot(heatmap, metric=["linear", "cka", "cosine"])
+    return {
+        "samples": samples, "batch": batch, "runs_seconds": runs,
+        "forward_s": round(fwd, 2), "capture_s": round(cap, 2),
+        "analyze_cls_s": round(best["analyze-cls"], 2), "analyze_all_s": round(best["analyze-all"], 2),
+        "cls_vs_forward": round(best["analyze-cls"] / fwd, 3),
+        "all_vs_forward": round(best["analyze-all"] / fwd, 3),
+        "cls_pass_vs_forward": round((best["analyze-cls"] - cap) / fwd, 3),
+        "all_pass_vs_forward": round((best["analyze-all"] - cap) / fwd, 3),
+        "cpu_s": {k: round(v, 2) for k, v in best_cpu.items()},
+        "cpu_cls_vs_forward": round(best_cpu["analyze-cls"] / cfwd, 3),
+        "cpu_all_vs_forward": round(best_cpu["analyze-all"] / cfwd, 3),
+        "cpu_cls_pass_vs_forward": round((best_cpu["analyze-cls"] - ccap) / cfwd, 3),
+        "cpu_all_pass_vs_forward": round((best_cpu["analyze-all"] - ccap) / cfwd, 3),
+        "top3_linear_all_tokens": an["analyze-all"].top_k(3),
+        "top3_linear_cls": an["analyze-cls"].top_k(3),
+    }
+
+
+def memory_case(samples: int, batch: int, tokens: str) -> dict:
+    """Peak RSS of one analyze() in this (fresh) process."""
+    import fxapprox  # noqa: F401  (imported before the baseline is read)
+
+    model = _model()
+    before = _rss_mib()
+    t0 = time.perf_counter()
+    an = _analyze(model, samples, batch, tokens)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stored = samples * (an.num_blocks + 1) * (an.rows // an.samples) * max(an.widths) * 4 / 2**20
+    return {"samples": samples, "tokens": tokens, "seconds": round(seconds, 2), "rss_before_mib": round(before, 1),
+            "peak_rss_mib": round(peak, 1), "peak_minus_before_mib": round(peak - before, 1),
+            "stored_activations_would_be_mib": round(stored, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=128, help="samples for the timing (default 128)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--memory-samples", type=int, nargs="*", default=[128, 1024])
+    parser.add_argument("--memory-tokens", default="all", choices=("cls", "mean", "all"))
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--heatmap", help="write heatmaps of the tokens='all' analysis here (PNG)")
+    parser.add_argument("--memory-case", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_case is not None:
+        print(json.dumps(memory_case(args.memory_case, args.batch, args.memory_tokens)))
+        return
+    report = {
+        "model": "ViT-S-sized random ViTModel (12 blocks, d=384, 6 heads, MLP 1536), 112 px (50 tokens)",
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "timing": timing(args.samples, args.batch, args.repeats, args.heatmap),
+    }
+    print(json.dumps(report["timing"]), file=sys.stderr)
+    memory = []
+    for samples in args.memory_samples:
+        proc = subprocess.run([sys.executable, __file__, "--memory-case", str(samples), "--batch", str(args.batch),
+                               "--memory-tokens", args.memory_tokens], capture_output=True, text=True, check=True)
+        memory.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps(memory[-1]), file=sys.stderr)
+    report["memory"] = memory
+    if len(memory) >= 2:
+        report["peak_rss_ratio"] = round(memory[-1]["peak_rss_mib"] / memory[0]["peak_rss_mib"], 3)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

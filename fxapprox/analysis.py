@@ -1,0 +1,384 @@
+"""Model + calibration batches → `Analysis`: every span `(s, e)` scored by every metric in one pass.
+
+`analyze()` captures the model, watches every boundary `H_-1 .. H_{L-1}`, streams the batches
+into `BoundaryMoments` (no activation is kept) and turns them into one score matrix per metric
+(see `fxapprox.metrics`). The `Analysis` ranks spans (TOAST Algorithm 1, `top_k`), chooses
+budgeted span sets by dynamic programming (`select`), and renders itself as JSON, a markdown
+table or heatmaps like the papers' Figure 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fxapprox.blocks import BlockStack, find_block_stack
+from fxapprox.boundaries import find_boundaries
+from fxapprox.calibrate import Tokens, calibrate, iter_batches
+from fxapprox.capture import capture
+from fxapprox.compression import _boundary_widths, _example
+from fxapprox.errors import SpanError
+from fxapprox.fit import DEFAULT_RIDGE
+from fxapprox.inputs import ModelInputs
+from fxapprox.metrics import METRIC_INFO, METRICS, check_metric, cost, heldout_matrix, score_matrix
+from fxapprox.select import best_spans, best_spans_for_saving, candidate_costs, span_savings
+from fxapprox.stats import BoundaryMoments, FoldedMoments
+
+__all__ = ["Analysis", "analyze", "UnderdeterminedScoreWarning"]
+
+log = logging.getLogger(__name__)
+
+Span = tuple[int, int]
+_TOKENS = ("cls", "mean", "all")
+
+
+class UnderdeterminedScoreWarning(UserWarning):
+    """Fewer calibration rows than boundary width: the least-squares fit interpolates."""
+
+
+@dataclass
+class Analysis:
+    """Scores of every span `(s, e)` under every metric; `scores[m][s + 1, e + 1]`, NaN where undefined.
+
+    `block_params[b]` / `block_flops[b]` (per sample) are block b's cost; `tokens_per_sample[k + 1]`
+    the tokens per sample at boundary `H_k` (FLOPs of a replacing Linear).
+    """
+
+    model: str
+    num_blocks: int
+    tokens: str
+    samples: int
+    rows: int
+    widths: list[int]
+    ridge: float
+    scores: dict[str, np.ndarray]
+    block_params: list[int] = field(default_factory=list)
+    total_params: int = 0
+    block_flops: list[float] | None = None
+    total_flops: float | None = None
+    tokens_per_sample: list[int] | None = None
+    capture_path: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    # --- reading scores -------------------------------------------------------------------
+
+    def _check(self, metric: str) -> np.ndarray:
+        check_metric(metric)
+        if metric not in self.scores:
+            raise ValueError(f"this analysis has no {metric!r} scores (analyze(..., holdout_folds=2) adds 'heldout')")
+        return self.scores[metric]
+
+    def matrix(self, metric: str = "linear") -> np.ndarray:
+        """`(L+1, L+1)` score matrix of `metric`, indexed `[s + 1, e + 1]` (NaN where undefined)."""
+        return self._check(metric).copy()
+
+    def score(self, s: int, e: int, metric: str = "linear") -> float:
+        """Score of span `(s, e)` (blocks s+1..e) under `metric`."""
+        scores = self._check(metric)
+        if not -1 <= s < e <= self.num_blocks - 1:
+            raise SpanError(f"span ({s}, {e}) is out of range: need -1 <= s < e <= {self.num_blocks - 1}")
+        value = float(scores[s + 1, e + 1])
+        if math.isnan(value):
+            info = METRIC_INFO[metric]
+            why = "single blocks (e = s + 1) only" if info.consecutive_only else "boundaries of equal width only"
+            raise SpanError(f"metric {metric!r} is not defined for span ({s}, {e}): it scores {why}")
+        return value
+
+    def spans(self, metric: str = "linear") -> list[Span]:
+        """Every span `metric` defines, in Algorithm 1's enumeration order (s, then e)."""
+        m = self._check(metric)
+        return [(s, e) for s in range(-1, self.num_blocks - 1) for e in range(s + 1, self.num_blocks)
+                if not math.isnan(m[s + 1, e + 1])]
+
+    def top_k(self, k: int, *, span_len: int | None = None, metric: str = "linear") -> list[tuple[int, int, float]]:
+        """TOAST Algorithm 1: spans (optionally only those of `span_len` blocks), most redundant first.
+
+        Sorted by ascending error (for the similarities `br` and `cka`, descending score); ties keep
+        the enumeration order.
+        """
+        self._check(metric)
+        candidates = [(s, e, self.score(s, e, metric)) for s, e in self.spans(metric)
+                      if span_len is None or e - s == span_len]
+        candidates.sort(key=lambda c: cost(metric, c[2]))
+        return candidates[:k]
+
+    # --- budgeted selection ---------------------------------------------------------------
+
+    def _replacement_params(self, transform: str):
+        def params(s: int, e: int) -> float:
+            return 0.0 if transform == "identity" else self.widths[s + 1] * self.widths[e + 1] + self.widths[e + 1]
+        return params
+
+    def _replacement_flops(self, transform: str):
+        def flops(s: int, e: int) -> float:
+            if transform == "identity":
+                return 0.0
+            return 2.0 * self.tokens_per_sample[s + 1] * self.widths[s + 1] * self.widths[e + 1]
+        return flops
+
+    def select(self, num_blocks: int | None = None, *, param_budget: float | None = None,
+               flops_budget: float | None = None, metric: str = "linear", transform: str = "linear",
+               max_span_len: int | None = None) -> list[Span]:
+        """Non-overlapping spans at least total `metric` cost (dynamic programming) that remove
+        exactly `num_blocks` blocks, or save at least the fraction `param_budget` of the model's
+        parameters / `flops_budget` of its FLOPs (net of the replacing Linear layers)."""
+        if sum(x is not None for x in (num_blocks, param_budget, flops_budget)) != 1:
+            raise SpanError("pass exactly one of num_blocks=, param_budget= or flops_budget=")
+        scores = self._check(metric)
+        costs = candidate_costs(lambda s, e: float(scores[s + 1, e + 1]), self.num_blocks,
+                                metric=metric, transform=transform, widths=self.widths, max_span_len=max_span_len)
+        if num_blocks is not None:
+            return best_spans(costs, self.num_blocks, num_blocks)
+        if param_budget is not None:
+            values, total, budget = self.block_params, self.total_params, param_budget
+            repl = self._replacement_params(transform)
+        else:
+            if self.block_flops is None or self.total_flops is None or self.tokens_per_sample is None:
+                raise SpanError("this analysis has no FLOP counts (analyze(..., flops=True) records them)")
+            values, total, budget = self.block_flops, self.total_flops, flops_budget
+            repl = self._replacement_flops(transform)
+        if not 0 < budget <= 1:
+            raise SpanError(f"budget {budget} must be a fraction in (0, 1]")
+        savings = span_savings(values, repl, list(costs))
+        return best_spans_for_saving(costs, savings, self.num_blocks, budget * total)
+
+    # --- rendering --------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (NaN → None)."""
+        def clean(m: np.ndarray) -> list[list[float | None]]:
+            return [[None if math.isnan(v) else float(v) for v in row] for row in m]
+
+        return {
+            "model": self.model, "num_blocks": self.num_blocks, "tokens": self.tokens, "samples": self.samples,
+            "rows": self.rows, "widths": self.widths, "ridge": self.ridge, "capture_path": self.capture_path,
+            "block_params": self.block_params, "total_params": self.total_params,
+            "block_flops": self.block_flops, "total_flops": self.total_flops,
+            "tokens_per_sample": self.tokens_per_sample, "notes": self.notes,
+            "index": "scores[metric][s + 1][e + 1] scores span (s, e): blocks s+1..e replaced",
+            "scores": {m: clean(v) for m, v in self.scores.items()},
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """JSON text of `to_dict()`; also written to `path` when given."""
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, source: str | Path | dict[str, Any]) -> Analysis:
+        """`to_json()` text, a path to it, or its dict → `Analysis`."""
+        if isinstance(source, dict):
+            data = source
+        elif isinstance(source, Path) or not str(source).lstrip().startswith("{"):
+            data = json.loads(Path(source).read_text())
+        else:
+            data = json.loads(source)
+        scores = {m: np.array([[math.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
+                  for m, rows in data["scores"].items()}
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "scores"}
+        return cls(scores=scores, **fields)
+
+    def to_markdown(self, metric: str = "linear", top: int | None = None) -> str:
+        """A markdown table of the spans (most redundant under `metric` first) with every metric."""
+        self._check(metric)
+        lines = [f"## Span analysis: {self.model}", "",
+                 f"{self.num_blocks} blocks, {self.samples} samples, tokens={self.tokens} ({self.rows} rows), "
+                 f"ridge={self.ridge:g}; span s → e replaces blocks s+1..e; sorted by {metric} "
+                 f"({'higher' if METRIC_INFO[metric].higher_is_redundant else 'lower'} = more redundant).", ""]
+        lines += [f"> **note:** {n}" for n in self.notes]
+        if self.notes:
+            lines.append("")
+        cols = list(self.scores)
+        lines.append("| rank | span | blocks | " + " | ".join(cols) + " |")
+        lines.append("|---:|:---|---:|" + "---:|" * len(cols))
+        ranked = self.top_k(top if top is not None else 10**9, metric=metric)
+        for rank, (s, e, _) in enumerate(ranked, 1):
+            vals = [self.scores[m][s + 1, e + 1] for m in cols]
+            cells = ["–" if math.isnan(v) else f"{v + 0.0:.4g}" for v in vals]
+            lines.append(f"| {rank} | {s} → {e} | {e - s} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: str | Path, metric: str | Sequence[str] | None = None) -> Path:
+        """Heatmap(s) of the score matrices (rows: source s, columns: target e) → PNG at `path`.
+
+        `metric=None` draws every metric, one panel each.
+        """
+        try:
+            import matplotlib
+        except ImportError:
+            raise ImportError("Analysis.plot needs matplotlib: pip install 'fxapprox[plots]'") from None
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        metrics = list(self.scores) if metric is None else [metric] if isinstance(metric, str) else list(metric)
+        for m in metrics:
+            self._check(m)
+        ncols = min(3, len(metrics))
+        nrows = math.ceil(len(metrics) / ncols)
+        cell = 0.42 * (self.num_blocks + 1) + 1.8
+        fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, cell * nrows), squeeze=False)
+        for ax, m in zip(axes.flat, metrics):
+            self._heatmap(ax, fig, m, short=len(metrics) > 1)
+        for ax in list(axes.flat)[len(metrics):]:
+            ax.axis("off")
+        if len(metrics) > 1:
+            fig.suptitle(f"{self.model}: span scores ({self.tokens} tokens, {self.samples} samples)")
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+    def _heatmap(self, ax, fig, metric: str, short: bool = False) -> None:
+        info = METRIC_INFO[metric]
+        mat = self.scores[metric][:-1, 1:]  # rows s = -1..L-2, columns e = 0..L-1
+        masked = np.ma.masked_invalid(mat)
+        cmap = "viridis" if info.higher_is_redundant else "viridis_r"
+        im = ax.imshow(masked, cmap=cmap, interpolation="nearest")
+        n = self.num_blocks
+        ax.set_xticks(range(n), [str(e) for e in range(n)])
+        ax.set_yticks(range(n), [str(s) for s in range(-1, n - 1)])
+        ax.set_xlabel("e (target block output)")
+        ax.set_ylabel("s (source block output, -1 = embeddings)")
+        ax.set_title(metric if short else f"{self.model}\n{metric}, {self.tokens} tokens, {self.samples} samples",
+                     fontsize=10)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=info.description)
+        if n <= 16:
+            finite = mat[np.isfinite(mat)]
+            mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+            for i in range(n):
+                for j in range(n):
+                    if np.isfinite(mat[i, j]):
+                        dark = (mat[i, j] > mid) != info.higher_is_redundant
+                        ax.text(j, i, f"{mat[i, j] + 0.0:.2g}", ha="center", va="center", fontsize=5.5,
+                                color="white" if dark else "black")
+
+
+# --- analyze() ----------------------------------------------------------------------------------
+
+def _model_name(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", "") if config is not None else ""
+    return str(name) or type(model).__name__
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    return None
+
+
+def _tokens_of(t: torch.Tensor) -> int:
+    return int(math.prod(t.shape[1:-1])) if t.ndim > 2 else 1
+
+
+def _count_flops(model: nn.Module, stack: BlockStack, sample: ModelInputs) -> tuple[list[float], float, list[int]]:
+    """Per-sample FLOPs of each block and of the model, and tokens at each boundary, on one sample."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tokens: dict[int, int] = {}
+    hooks = []
+    for i in range(stack.num_blocks):
+        block = model.get_submodule(stack.block_path(i))
+
+        def hook(mod, args, kwargs, out, i=i):
+            h = _first_tensor(out)
+            if h is not None:
+                tokens[i] = _tokens_of(h)
+            if i == 0:
+                x = _first_tensor(args) if args else _first_tensor(next(iter(kwargs.values()), None))
+                if x is not None:
+                    tokens[-1] = _tokens_of(x)
+
+        hooks.append(block.register_forward_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            sample.call(model)
+    finally:
+        for h in hooks:
+            h.remove()
+    counts = counter.get_flop_counts()
+    prefix = type(model).__name__
+    per_block = [float(sum(counts.get(f"{prefix}.{stack.block_path(i)}", {}).values()))
+                 for i in range(stack.num_blocks)]
+    if not any(per_block):
+        raise LookupError(f"no FLOPs were attributed to the blocks of {stack.path!r}")
+    per_tokens = [tokens.get(k, tokens.get(0, 1)) for k in range(-1, stack.num_blocks)]
+    return per_block, float(counter.get_total_flops()), per_tokens
+
+
+def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int = 50, tokens: Tokens = "cls",
+            blocks: str | None = None, ridge: float = DEFAULT_RIDGE, flops: bool = False,
+            holdout_folds: int = 0, product_dtype: torch.dtype | str | None = "auto",
+            progress: bool = True) -> Analysis:
+    """Score every span `(s, e)` of `model`'s block stack with every metric, from one calibration pass.
+
+    `tokens`: `"cls"` (first token, the papers' choice), `"mean"` (mean of unmasked tokens) or
+    `"all"` (every unmasked token). `flops=True` also counts per-block FLOPs on one sample (for
+    `Analysis.select(flops_budget=...)`; one more forward under a FLOP counter). `holdout_folds=k`
+    (k >= 2) splits the batches into k folds (batch i → fold i mod k; statistics memory × (k + 1))
+    and adds the `heldout` score: the affine residual on rows the fit did not see.
+    `product_dtype`: dtype of the per-batch cross-products; `"auto"` is float64 for `"cls"` /
+    `"mean"` (few rows, exact) and the activations' dtype for `"all"` (float32 for float32
+    models: about half the time of float64, scores within ~1e-5 relative); None: always the
+    activations' dtype.
+    """
+    if tokens not in _TOKENS:
+        raise ValueError(f"tokens={tokens!r} is not one of {_TOKENS}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples} must be at least 1")
+    stack = find_block_stack(model, blocks)
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    device = params[0].device if params else None
+    first, batches = iter_batches(calib_loader)
+    example = _example(first) if device is None else _example(first).to(device)
+    captured = capture(model, example, stack)
+    boundaries = find_boundaries(captured.module, stack)
+    widths = _boundary_widths(captured, boundaries, example)
+    indices = list(range(-1, stack.num_blocks))
+    if product_dtype == "auto":
+        product_dtype = None if tokens == "all" else torch.float64
+    folded = FoldedMoments(indices, holdout_folds, product_dtype=product_dtype) if holdout_folds else None
+    moments = calibrate(captured.module, boundaries, indices, batches, num_samples, tokens=tokens, device=device,
+                        progress=progress, moments=folded or BoundaryMoments(indices, product_dtype=product_dtype))
+    if folded is not None:
+        moments = folded.total()
+    scores = {m: score_matrix(moments, m, ridge=ridge) for m in METRICS}
+    if folded is not None:
+        scores["heldout"] = heldout_matrix(folded, moments, ridge=ridge)
+    an = Analysis(
+        model=_model_name(model), num_blocks=stack.num_blocks, tokens=tokens, samples=moments.samples,
+        rows=moments.rows, widths=list(widths), ridge=ridge, scores=scores, capture_path=captured.path,
+        block_params=[sum(p.numel() for p in model.get_submodule(stack.block_path(i)).parameters())
+                      for i in range(stack.num_blocks)],
+        total_params=sum(p.numel() for p in model.parameters()),
+    )
+    if flops:
+        try:
+            sample = first.take(1) if device is None else first.take(1).to(device)
+            an.block_flops, an.total_flops, an.tokens_per_sample = _count_flops(model, stack, sample)
+        except Exception as err:  # FLOP counting is a convenience; the scores stand without it
+            log.warning("could not count FLOPs per block (%s); flops_budget selection is unavailable", err)
+    if moments.rows <= max(widths):
+        note = (f"only {moments.rows} calibration rows for boundaries of width {max(widths)}: the "
+                "least-squares fit interpolates, so the 'linear' score measures the ridge term, not the "
+                "span; use more samples than the width, tokens='all', or rank by the 'heldout' score "
+                "(holdout_folds=2)")
+        an.notes.append(note)
+        warnings.warn(note, UnderdeterminedScoreWarning, stacklevel=2)
+    log.info("analysed %s: %d blocks, %d samples, %d rows", an.model, an.num_blocks, an.samples, an.rows)
+    return an
