@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from fxapprox.capture import flat_graph_inputs
-from fxapprox.inputs import ModelInputs, as_model_inputs
+from fxapprox.inputs import as_model_inputs
 
 __all__ = ["FlopCount", "count_flops", "compare_flops"]
 

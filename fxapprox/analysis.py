@@ -22,11 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fxapprox.blocks import BlockStack, find_block_stack
-from fxapprox.boundaries import find_boundaries
-from fxapprox.calibrate import Tokens, calibrate, iter_batches
-from fxapprox.capture import capture
-from fxapprox.compression import _boundary_widths, _example
+from fxapprox.blocks import BlockStack
+from fxapprox.calibrate import Tokens, calibrate
+from fxapprox.prepare import prepare
 from fxapprox.errors import SpanError
 from fxapprox.fit import DEFAULT_RIDGE
 from fxapprox.inputs import ModelInputs
@@ -341,19 +339,14 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
         raise ValueError(f"tokens={tokens!r} is not one of {_TOKENS}")
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be at least 1")
-    stack = find_block_stack(model, blocks)
-    params = [p for p in model.parameters() if p.is_floating_point()]
-    device = params[0].device if params else None
-    first, batches = iter_batches(calib_loader)
-    example = _example(first) if device is None else _example(first).to(device)
-    captured = capture(model, example, stack)
-    boundaries = find_boundaries(captured.module, stack)
-    widths = _boundary_widths(captured, boundaries, example)
+    prepared = prepare(model, calib_loader, blocks)
+    traced, batches, device = prepared.traced, prepared.batches, prepared.device
+    stack, boundaries, widths = traced.stack, traced.boundaries, traced.widths
     indices = list(range(-1, stack.num_blocks))
     if product_dtype == "auto":
         product_dtype = None if tokens == "all" else torch.float64
     folded = FoldedMoments(indices, holdout_folds, product_dtype=product_dtype) if holdout_folds else None
-    moments = calibrate(captured.module, boundaries, indices, batches, num_samples, tokens=tokens, device=device,
+    moments = calibrate(traced.module, boundaries, indices, batches, num_samples, tokens=tokens, device=device,
                         progress=progress, moments=folded or BoundaryMoments(indices, product_dtype=product_dtype))
     if folded is not None:
         moments = folded.total()
@@ -362,14 +355,14 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
         scores["heldout"] = heldout_matrix(folded, moments, ridge=ridge)
     an = Analysis(
         model=_model_name(model), num_blocks=stack.num_blocks, tokens=tokens, samples=moments.samples,
-        rows=moments.rows, widths=list(widths), ridge=ridge, scores=scores, capture_path=captured.path,
+        rows=moments.rows, widths=list(widths), ridge=ridge, scores=scores, capture_path=traced.capture_path,
         block_params=[sum(p.numel() for p in model.get_submodule(stack.block_path(i)).parameters())
                       for i in range(stack.num_blocks)],
         total_params=sum(p.numel() for p in model.parameters()),
     )
     if flops:
         try:
-            sample = first.take(1) if device is None else first.take(1).to(device)
+            sample = traced.example.take(1)
             an.block_flops, an.total_flops, an.tokens_per_sample = _count_flops(model, stack, sample)
         except Exception as err:  # FLOP counting is a convenience; the scores stand without it
             log.warning("could not count FLOPs per block (%s); flops_budget selection is unavailable", err)

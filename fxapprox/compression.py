@@ -17,15 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from fxapprox.blocks import BlockStack, find_block_stack
-from fxapprox.boundaries import Boundaries, find_boundaries
+from fxapprox.blocks import find_block_stack
 from fxapprox.calibrate import calibrate, iter_batches
-from fxapprox.capture import Captured, capture, flat_graph_inputs
 from fxapprox.errors import PlanMismatchError, SpanError
 from fxapprox.fit import DEFAULT_RIDGE, fit_affine, identity_residual
-from fxapprox.inputs import ModelInputs
+from fxapprox.inputs import as_model_inputs
 from fxapprox.passes.replace_span import ReplaceRecord, SpanRewrite, replace_spans
 from fxapprox.plan import Plan, SpanPlan
+from fxapprox.prepare import Traced, model_device, trace
 from fxapprox.select import select_spans
 from fxapprox.spans import validate_spans
 
@@ -66,24 +65,6 @@ def _count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _example(first: ModelInputs) -> ModelInputs:
-    """Two samples of the first batch (one sample is repeated: export specialises size 1)."""
-    if first.batch_size >= 2:
-        return first.take(2)
-    return first.map_tensors(lambda t: torch.cat([t, t]))
-
-
-def _boundary_widths(captured: Captured, boundaries: Boundaries, example: ModelInputs) -> list[int]:
-    """Last-dimension width of every boundary `H_-1 .. H_{L-1}`."""
-    if not all(isinstance(n.meta.get("val"), torch.Tensor) for n in boundaries.nodes):
-        from torch.fx.passes.shape_prop import ShapeProp
-
-        with torch.no_grad():
-            ShapeProp(captured.module).propagate(*flat_graph_inputs(captured.module, example))
-        return [n.meta["tensor_meta"].shape[-1] for n in boundaries.nodes]
-    return [n.meta["val"].shape[-1] for n in boundaries.nodes]
-
-
 def _check_identity_widths(spans, transform: str, widths: list[int]) -> None:
     if transform != "identity":
         return
@@ -109,14 +90,15 @@ def _reference_param(model: nn.Module) -> torch.Tensor:
     return floats[0] if floats else torch.empty(0)
 
 
-def _rewrite(captured: Captured, boundaries: Boundaries, plan: Plan, like: torch.Tensor) -> ReplaceRecord:
+def _rewrite(traced: Traced, plan: Plan, like: torch.Tensor) -> ReplaceRecord:
+    boundaries = traced.boundaries
     rewrites = []
     for sp in plan.spans:
         linear = None
         if sp.transform == "linear":
             linear = _linear(plan.weights[f"{sp.key}.weight"], plan.weights[f"{sp.key}.bias"], like)
         rewrites.append(SpanRewrite(sp.s, sp.e, boundaries[sp.s].name, boundaries[sp.e].name, linear))
-    return replace_spans(captured.module, rewrites)
+    return replace_spans(traced.module, rewrites)
 
 
 def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple[int, int]] | None = None,
@@ -143,24 +125,22 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
             f"blocks: choose 1 <= num_blocks <= {stack.num_blocks}"
         )
     params_before = _count_params(model)
-    device = _reference_param(model).device
     first, batches = iter_batches(calib_loader)
-    example = _example(first).to(device)
-    captured = capture(model, example, stack)
-    boundaries = find_boundaries(captured.module, stack)
-    widths = _boundary_widths(captured, boundaries, example)
+    traced = trace(model, first, stack)
+    widths = traced.widths
     if spans is not None:
         _check_identity_widths(spans, transform, widths)
         watched = sorted({k for span in spans for k in span})
     else:
         watched = list(range(-1, stack.num_blocks))
-    moments = calibrate(captured.module, boundaries, watched, batches, num_samples, device=device,
-                        progress=progress)
+    moments = calibrate(traced.module, traced.boundaries, watched, batches, num_samples,
+                        device=model_device(model), progress=progress)
     if spans is None:
         spans = select_spans(moments, stack.num_blocks, num_blocks, metric=metric, transform=transform,
                              widths=widths, ridge=ridge)
         log.info("selected spans %s by %s score", spans, metric)
-    plan = Plan(type(model).__name__, stack.path, stack.num_blocks, [], moments.samples, ridge, example=example)
+    plan = Plan(type(model).__name__, stack.path, stack.num_blocks, [], moments.samples, ridge,
+                example=traced.example)
     for s, e in spans:
         if transform == "linear":
             fit = fit_affine(moments, s, e, ridge)
@@ -169,9 +149,9 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
         else:
             sp = SpanPlan(s, e, "identity", identity_residual(moments, s, e), widths[s + 1], widths[e + 1])
         plan.spans.append(sp)
-    record = _rewrite(captured, boundaries, plan, _reference_param(model))
-    result = CompressionResult(captured.module, plan, captured.path, params_before,
-                               _count_params(captured.module), record)
+    record = _rewrite(traced, plan, _reference_param(model))
+    result = CompressionResult(traced.module, plan, traced.capture_path, params_before,
+                               _count_params(traced.module), record)
     log.info("compressed %s: spans %s, %d → %d parameters", plan.model_class, result.spans,
              params_before, result.num_params_after)
     return result
@@ -194,21 +174,16 @@ def load(model: nn.Module, path: str | Path, *, example_inputs: Any = None) -> C
             f"the plan is for {plan.num_blocks} blocks in {plan.blocks!r}, the model has "
             f"{stack.num_blocks}; load it into the model it was computed on"
         )
-    example = plan.example
-    if example_inputs is not None:
-        from fxapprox.inputs import as_model_inputs
-
-        example = _example(as_model_inputs(example_inputs))
+    example = plan.example if example_inputs is None else as_model_inputs(example_inputs)
     params_before = _count_params(model)
-    captured = capture(model, example.to(_reference_param(model).device), stack)
-    boundaries = find_boundaries(captured.module, stack)
-    widths = _boundary_widths(captured, boundaries, example)
+    traced = trace(model, example, stack)
+    widths = traced.widths
     for sp in plan.spans:
         if (widths[sp.s + 1], widths[sp.e + 1]) != (sp.in_features, sp.out_features):
             raise PlanMismatchError(
                 f"span ({sp.s}, {sp.e}) of the plan maps width {sp.in_features} → {sp.out_features}, "
                 f"but the model's boundaries have widths {widths[sp.s + 1]} → {widths[sp.e + 1]}"
             )
-    record = _rewrite(captured, boundaries, plan, _reference_param(model))
-    return CompressionResult(captured.module, plan, captured.path, params_before,
-                             _count_params(captured.module), record)
+    record = _rewrite(traced, plan, _reference_param(model))
+    return CompressionResult(traced.module, plan, traced.capture_path, params_before,
+                             _count_params(traced.module), record)

@@ -14,9 +14,11 @@ import torch
 
 from fxapprox.stats import BoundaryMoments
 
-__all__ = ["AffineFit", "fit_affine", "identity_residual", "DEFAULT_RIDGE"]
+__all__ = ["AffineFit", "fit_affine", "identity_residual", "DEFAULT_RIDGE", "NO_VARIANCE"]
 
 DEFAULT_RIDGE = 1e-6
+# Centred second moment below this fraction of the raw one: the source has no variance.
+NO_VARIANCE = 1e-12
 
 
 @dataclass
@@ -37,9 +39,11 @@ def fit_affine(m: BoundaryMoments, s: int, e: int, ridge: float = DEFAULT_RIDGE)
     cxx = m.centred_cross(s, s)
     cxy = m.centred_cross(s, e)
     d = cxx.shape[0]
-    lam = ridge * torch.clamp(torch.trace(cxx) / d, min=1e-12)
-    a = cxx + lam * torch.eye(d, dtype=cxx.dtype, device=cxx.device)
-    weight = torch.linalg.solve(a, cxy)
+    if torch.trace(cxx) <= NO_VARIANCE * torch.trace(m.cross(s, s)):
+        weight = torch.zeros_like(cxy)  # a constant source (e.g. [CLS] at the embeddings) predicts the mean
+    else:
+        lam = ridge * torch.trace(cxx) / d
+        weight = torch.linalg.solve(cxx + lam * torch.eye(d, dtype=cxx.dtype, device=cxx.device), cxy)
     bias = (m.sum(e) - m.sum(s) @ weight) / m.rows
     cyy_trace = torch.trace(m.centred_cross(e, e))
     sq_error = cyy_trace - 2 * torch.sum(weight * cxy) + torch.sum(weight * (cxx @ weight))

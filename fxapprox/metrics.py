@@ -27,11 +27,9 @@ import numpy as np
 import torch
 
 from fxapprox.errors import SpanError
-from fxapprox.fit import DEFAULT_RIDGE, identity_residual
+from fxapprox.fit import DEFAULT_RIDGE, NO_VARIANCE, identity_residual
 from fxapprox.stats import BoundaryMoments, FoldedMoments
 
-# Centred second moment below this fraction of the raw one: no variance (rounding noise only).
-_NO_VARIANCE = 1e-12
 
 __all__ = ["METRICS", "MetricInfo", "METRIC_INFO", "score", "cost", "score_matrix", "check_metric",
            "linear_residuals", "heldout_residuals", "heldout_matrix"]
@@ -95,7 +93,7 @@ def _variance_norm(m: BoundaryMoments, k: int, cache: dict[int, float] | None = 
     if cache is not None and k in cache:
         return cache[k]
     norm = float(torch.linalg.matrix_norm(m.centred_cross(k, k)))
-    if norm <= _NO_VARIANCE * float(torch.linalg.matrix_norm(m.cross(k, k))):
+    if norm <= NO_VARIANCE * float(torch.linalg.matrix_norm(m.cross(k, k))):
         norm = 0.0
     if cache is not None:
         cache[k] = norm

@@ -7,11 +7,8 @@ import torch
 from tiny_models import hf_family, tiny_batches, tiny_net
 
 import fxapprox
-from fxapprox.blocks import find_block_stack
-from fxapprox.boundaries import find_boundaries
-from fxapprox.calibrate import calibrate, iter_batches
-from fxapprox.capture import capture
-from fxapprox.compression import _example
+from fxapprox.calibrate import calibrate
+from fxapprox.prepare import prepare
 from fxapprox.fit import fit_affine
 
 
@@ -44,10 +41,9 @@ def test_padding_does_not_change_the_fitted_map():
 
 
 def _moments(model, batches, indices, num_samples):
-    stack = find_block_stack(model)
-    first, it = iter_batches(batches)
-    cap = capture(model, _example(first), stack)
-    return calibrate(cap.module, find_boundaries(cap.module, stack), indices, it, num_samples, progress=False)
+    prepared = prepare(model, batches)
+    return calibrate(prepared.traced.module, prepared.traced.boundaries, indices, prepared.batches, num_samples,
+                     progress=False)
 
 
 def test_stops_after_num_samples_and_counts_rows():

@@ -1,0 +1,82 @@
+"""Model + calibration loader (or one example batch) → the traced graph every pipeline starts from.
+
+`trace()` captures the model on an example batch, finds its boundary nodes `H_-1 .. H_{L-1}` and
+their widths; `prepare()` does the same from the first batch of a calibration loader and hands
+back the batches to calibrate on. `compress`, `load`, `analyze` and `span_features` all begin here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fxapprox.blocks import BlockStack, find_block_stack
+from fxapprox.boundaries import Boundaries, find_boundaries
+from fxapprox.calibrate import iter_batches
+from fxapprox.capture import capture, flat_graph_inputs
+from fxapprox.inputs import ModelInputs
+
+__all__ = ["Traced", "Prepared", "trace", "prepare", "example_batch", "model_device"]
+
+
+@dataclass
+class Traced:
+    """A captured graph with its block stack, boundary nodes and boundary widths."""
+
+    module: torch.fx.GraphModule
+    capture_path: str
+    stack: BlockStack
+    boundaries: Boundaries
+    widths: list[int]  # widths[k + 1] is the width of H_k
+    example: ModelInputs
+
+
+@dataclass
+class Prepared:
+    """`Traced` plus the calibration batches (the first one included) and the model's device."""
+
+    traced: Traced
+    batches: Iterator[ModelInputs]
+    device: torch.device
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first floating-point parameter (CPU when it has none)."""
+    return next((p.device for p in model.parameters() if p.is_floating_point()), torch.device("cpu"))
+
+
+def example_batch(first: ModelInputs) -> ModelInputs:
+    """Two samples of a batch (one sample is repeated: torch.export specialises batch size 1)."""
+    if first.batch_size >= 2:
+        return first.take(2)
+    return first.map_tensors(lambda t: torch.cat([t, t]))
+
+
+def _widths(gm: torch.fx.GraphModule, boundaries: Boundaries, example: ModelInputs) -> list[int]:
+    if not all(isinstance(n.meta.get("val"), torch.Tensor) for n in boundaries.nodes):
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*flat_graph_inputs(gm, example))
+        return [n.meta["tensor_meta"].shape[-1] for n in boundaries.nodes]
+    return [n.meta["val"].shape[-1] for n in boundaries.nodes]
+
+
+def trace(model: nn.Module, example: ModelInputs, stack: BlockStack) -> Traced:
+    """Capture `model` on `example` (moved to the model's device) and locate its boundaries."""
+    example = example_batch(example).to(model_device(model))
+    captured = capture(model, example, stack)
+    boundaries = find_boundaries(captured.module, stack)
+    return Traced(captured.module, captured.path, stack, boundaries,
+                  _widths(captured.module, boundaries, example), example)
+
+
+def prepare(model: nn.Module, calib_loader: Iterable[Any], blocks: str | None = None) -> Prepared:
+    """Find the block stack, trace on the loader's first batch, keep the batches for calibration."""
+    stack = find_block_stack(model, blocks)
+    first, batches = iter_batches(calib_loader)
+    return Prepared(trace(model, first, stack), batches, model_device(model))
