@@ -15,7 +15,7 @@ from fxapprox.errors import FxApproxError
 
 __all__ = ["main", "build_parser"]
 
-_SUBCOMMANDS: list[str] = []
+_SUBCOMMANDS = ["analyze", "compress", "eval", "export", "bench", "demo", "select-eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,13 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse `argv`, run the subcommand; typed fxapprox errors → message and exit code 2."""
+    """Parse `argv`, run the subcommand; typed fxapprox errors and refusals to overwrite → message, exit 2."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except FxApproxError as err:
+    except (FxApproxError, FileExistsError) as err:
         print(f"fxapprox {args.command}: error: {err}", file=sys.stderr)
         return 2
 

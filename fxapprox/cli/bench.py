@@ -1,0 +1,123 @@
+"""`fxapprox bench TARGET [TARGET2]` → latency table (onnxruntime for .onnx files, PyTorch eager otherwise).
+
+One target: latency per batch size. Two targets (original, then compressed): both timed
+interleaved in one run, with the measured speed-up next to the FLOP speed-up. A target is an
+ONNX file, a plan directory (with `--model`) or a model name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from fxapprox.cli.common import write_json
+from fxapprox.cli.export import add_model_arguments, load_source
+from fxapprox.errors import ExportError
+
+__all__ = ["add_parser", "run", "format_benchmark", "format_comparison"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `fxapprox bench`."""
+    p = subparsers.add_parser(
+        "bench", help="time an ONNX file or model (or original vs compressed, interleaved)",
+        description="Time ONNX files in onnxruntime (CUDA provider with IO binding when available, "
+        "else CPU) or models in PyTorch eager. With two targets, time original and compressed "
+        "interleaved and report the speed-up next to the FLOP ratio.",
+    )
+    p.add_argument("targets", nargs="+", metavar="TARGET",
+                   help="an .onnx file, a plan directory (with --model) or a model name; two for a comparison")
+    add_model_arguments(p)
+    p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
+    p.add_argument("--providers",
+                   help="onnxruntime providers in order, e.g. cuda,cpu (default: CUDA if available, else CPU)")
+    p.add_argument("--device", help="PyTorch device for model targets (default: cuda if available)")
+    p.add_argument("--threads", type=int, help="intra-op threads (onnxruntime and PyTorch)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls per batch size (default 5)")
+    p.add_argument("--iters", type=int, default=30, help="timed calls per batch size (default 30)")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
+    p.set_defaults(func=run)
+    return p
+
+
+def _is_onnx(target: str) -> bool:
+    return target.endswith(".onnx") or (Path(target).is_file() and Path(target).suffix == ".onnx")
+
+
+def _flops_from_metadata(paths: list[str]) -> float | None:
+    """Per-item FLOPs stored by `fxapprox export` in both files → original / compressed."""
+    from fxapprox.export import read_metadata
+
+    per_item = []
+    for path in paths:
+        raw = read_metadata(path).get("fxapprox.flops")
+        if raw is None:
+            return None
+        per_item.append(json.loads(raw)["per_item"])
+    return per_item[0] / per_item[1] if per_item[1] else None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Benchmark the target(s), print a table; `--json` writes the results."""
+    from fxapprox.export import benchmark, compare
+    from fxapprox.export.benchmark import onnx_example_inputs
+
+    if len(args.targets) > 2:
+        raise ExportError("bench takes one target, or two (original, compressed) to compare")
+    try:
+        sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise ExportError(f"--batch-sizes {args.batch_sizes!r} is not a comma-separated list of integers") from None
+    providers = args.providers.split(",") if args.providers else None
+    onnx = [_is_onnx(t) for t in args.targets]
+    if len(set(onnx)) != 1:
+        raise ExportError("compare two .onnx files or two models/plan directories, not one of each")
+    common = dict(batch_sizes=sizes, warmup=args.warmup, iters=args.iters, threads=args.threads)
+    if onnx[0]:
+        for t in args.targets:
+            if not Path(t).is_file():
+                raise ExportError(f"{t} does not exist; write it with `fxapprox export ... --onnx {t}`")
+        inputs = onnx_example_inputs(args.targets[0], seq_len=args.seq_len or 128)
+        targets = args.targets
+        extra: dict[str, Any] = {"providers": providers}
+    else:
+        loaded = [load_source(t, args) for t in args.targets]
+        targets = [target for target, _, _ in loaded]
+        inputs = loaded[0][1].take(1)
+        extra = {"device": args.device}
+    if len(targets) == 1:
+        result = benchmark(targets[0], inputs, **common, **extra).as_dict()
+        print(format_benchmark(result, args.targets[0]))
+    else:
+        flop_speedup = _flops_from_metadata(targets) if onnx[0] else None
+        result = compare(targets[0], targets[1], inputs, **common, **extra, flop_speedup=flop_speedup)
+        print(format_comparison(result, args.targets))
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def format_benchmark(result: dict[str, Any], name: str = "") -> str:
+    """`benchmark(...).as_dict()` → a terminal table."""
+    lines = [f"{name}  [{result['backend']} · {result['provider']} · {result['device']}]",
+             f"  {'batch':>5} {'median ms':>10} {'p10–p90 ms':>17} {'items/s':>10}"]
+    for t in result["timings"]:
+        lines.append(f"  {t['batch_size']:>5} {t['median_ms']:>10.3f} {t['p10_ms']:>8.3f}–{t['p90_ms']:<8.3f} "
+                     f"{t['items_per_s']:>10.1f}")
+    return "\n".join(lines)
+
+
+def format_comparison(result: dict[str, Any], names: list[str]) -> str:
+    """`compare(...)` → a terminal table of original vs compressed."""
+    fs = result["flop_speedup"]
+    lines = [f"original: {names[0]}   compressed: {names[1]}",
+             f"[{result['backend']} · {result['provider']} · {result['device']}, interleaved, "
+             f"{result['iters']} calls each]   FLOP speed-up: {f'{fs:.2f}×' if fs else 'n/a'}",
+             f"  {'batch':>5} {'orig ms':>9} {'comp ms':>9} {'speed-up':>9} {'FLOP ×':>7} {'efficiency':>10}"]
+    for r in result["rows"]:
+        eff = f"{r['efficiency']:.2f}" if r["efficiency"] else "n/a"
+        lines.append(f"  {r['batch_size']:>5} {r['original']['median_ms']:>9.3f} {r['compressed']['median_ms']:>9.3f} "
+                     f"{r['speedup']:>8.2f}× {f'{fs:.2f}×' if fs else 'n/a':>7} {eff:>10}")
+    return "\n".join(lines)
