@@ -1,0 +1,81 @@
+"""Original and replaced-span features → measured damage per span, with low-noise measures.
+
+For each span: linear-probe accuracy over seeds (mean ± standard error, the papers' protocol),
+and three measures far less noisy than an accuracy difference: agreement of the probe
+predictions with the original model's (same seed, same training data; per test sample, so it
+can be bootstrapped), agreement of the original's probe applied to the replaced features (no
+retraining), and CKA / mean cosine of the final test features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from fxapprox.evaluate import PAPER_SEEDS, ProbeResult, linear_cka, mean_cosine, train_probe
+from fxapprox.span_features import SpanFeatures
+
+__all__ = ["Damage", "measure_damage", "probe_predictions", "probe_accuracy"]
+
+Span = tuple[int, int]
+
+
+@dataclass
+class Damage:
+    """Measured effect of replacing one span (or the original model when `span` is None)."""
+
+    span: Span | None
+    probe: ProbeResult
+    agreement: float = 1.0
+    frozen_agreement: float = 1.0
+    cka: float = 1.0
+    cosine: float = 1.0
+    disagreement: torch.Tensor | None = field(default=None, repr=False)  # (N,) per test sample
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"span": list(self.span) if self.span else None, "probe": self.probe.to_dict(),
+                "agreement": self.agreement, "frozen_agreement": self.frozen_agreement,
+                "cka": self.cka, "cosine": self.cosine}
+
+
+def probe_predictions(train, train_y, test, seeds, num_classes, **kw) -> torch.Tensor:
+    """`(seeds, N_test)` predictions of one probe per seed."""
+    preds = []
+    for seed in seeds:
+        probe = train_probe(train, train_y, num_classes=num_classes, seed=seed, **kw)
+        with torch.no_grad():
+            preds.append(probe(test.float()).argmax(dim=1))
+    return torch.stack(preds)
+
+
+def probe_accuracy(preds: torch.Tensor, labels: torch.Tensor, seeds, n_train: int) -> ProbeResult:
+    accs = (preds == labels.unsqueeze(0)).float().mean(dim=1).tolist()
+    return ProbeResult(accs, [int(s) for s in seeds], n_train, int(labels.numel()))
+
+
+def measure_damage(feats: SpanFeatures, *, seeds: Sequence[int] = PAPER_SEEDS, train: str = "train",
+                   test: str = "test", epochs: int = 5, lr: float = 1e-3, batch_size: int = 256,
+                   progress: bool = True) -> tuple[Damage, dict[Span, Damage]]:
+    """Probe every feature set with the same seeds → (original, {span: damage})."""
+    ytr, yte = feats.labels[train], feats.labels[test]
+    if ytr is None or yte is None:
+        raise ValueError("measuring damage needs labelled train and test loaders (with_labels=True)")
+    num_classes = int(max(ytr.max(), yte.max())) + 1
+    kw = dict(epochs=epochs, lr=lr, batch_size=batch_size)
+    ref_train, ref_test = feats.original[train], feats.original[test]
+    ref_preds = probe_predictions(ref_train, ytr, ref_test, seeds, num_classes, **kw)
+    ref_probes = [train_probe(ref_train, ytr, num_classes=num_classes, seed=s, **kw) for s in seeds[:1]]
+    original = Damage(None, probe_accuracy(ref_preds, yte, seeds, len(ytr)))
+    out = {}
+    for span, f in tqdm(feats.replaced.items(), desc="probing spans", unit="span", leave=False, disable=not progress):
+        preds = probe_predictions(f[train], ytr, f[test], seeds, num_classes, **kw)
+        disagree = (preds != ref_preds).float().mean(dim=0)
+        with torch.no_grad():
+            frozen = (ref_probes[0](f[test].float()).argmax(1) == ref_preds[0]).float().mean()
+        out[span] = Damage(span, probe_accuracy(preds, yte, seeds, len(ytr)), float(1 - disagree.mean()), float(frozen),
+                           linear_cka(ref_test, f[test]), mean_cosine(ref_test, f[test]), disagree)
+    return original, out

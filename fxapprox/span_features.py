@@ -1,0 +1,94 @@
+"""Model + calibration + many candidate spans → final features of the original and of each
+single-span replacement, from one pass over the data.
+
+Each span's map is fitted from one calibration pass (all needed boundaries watched). Then, per
+data batch, `SuffixRunner` runs the model once and, for every span (s, e), only the part after
+`H_e` with `T(H_s)` in its place: the features the compressed model would produce, at the cost
+of one suffix per span instead of a full model per span. Features are pooled like
+`fxapprox.evaluate` does ([CLS] for vision, masked mean with an attention mask).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from fxapprox.calibrate import calibrate
+from fxapprox.evaluate import last_hidden_state, pool_features
+from fxapprox.fit import DEFAULT_RIDGE, fit_affine
+from fxapprox.inputs import as_model_inputs, token_mask
+from fxapprox.prepare import prepare
+from fxapprox.spans import validate_spans
+from fxapprox.suffix import SuffixRunner
+
+__all__ = ["SpanFeatures", "span_features", "output_errors"]
+
+Span = tuple[int, int]
+
+
+@dataclass
+class SpanFeatures:
+    """`original[split]` and `replaced[(s, e)][split]`: `(N, d)` float32 features; `labels[split]`."""
+
+    original: dict[str, torch.Tensor] = field(default_factory=dict)
+    replaced: dict[Span, dict[str, torch.Tensor]] = field(default_factory=dict)
+    labels: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    residuals: dict[Span, float] = field(default_factory=dict)
+
+
+def span_features(model: torch.nn.Module, calib_loader: Iterable[Any], spans: list[Span],
+                  loaders: Mapping[str, Iterable[Any]], *, transform: str = "linear", num_samples: int = 500,
+                  ridge: float = DEFAULT_RIDGE, pooling: str = "auto", blocks: str | None = None,
+                  progress: bool = True) -> SpanFeatures:
+    """Features of the original model and of each single-span replacement on every loader."""
+    prepared = prepare(model, calib_loader, blocks)
+    traced, device = prepared.traced, prepared.device
+    for span in spans:
+        validate_spans([span], traced.stack.num_blocks)
+    boundaries = traced.boundaries
+    moments = calibrate(traced.module, boundaries, sorted({k for sp in spans for k in sp}), prepared.batches,
+                        num_samples, device=device, progress=progress)
+    maps = {}
+    out = SpanFeatures()
+    for s, e in spans:
+        if transform == "identity":
+            maps[(s, e)] = None
+            continue
+        fit = fit_affine(moments, s, e, ridge)
+        out.residuals[(s, e)] = fit.residual
+        maps[(s, e)] = (fit.weight.to(device), fit.bias.to(device))
+    runner = SuffixRunner(traced.module, boundaries)
+    for split, loader in loaders.items():
+        feats: dict[Any, list[torch.Tensor]] = {"original": [], **{sp: [] for sp in spans}}
+        labels = []
+        for batch in tqdm(loader, desc=f"{split} features × {len(spans) + 1}", unit="batch", leave=False,
+                          disable=not progress):
+            if isinstance(batch, Mapping) and "labels" in batch:
+                labels.append(torch.as_tensor(batch["labels"]).cpu())
+            inputs = as_model_inputs(batch).to(device)
+            mask = token_mask(inputs)
+            cache = runner.prefix(inputs)
+            feats["original"].append(pool_features(last_hidden_state(cache.output), mask, pooling).float().cpu())
+            for (s, e), fitted in maps.items():
+                h = cache.boundaries[s]
+                if fitted is not None:
+                    w, b = fitted
+                    h = h @ w.to(h.dtype) + b.to(h.dtype)
+                hidden = last_hidden_state(runner.run_from(e, h, cache))
+                feats[(s, e)].append(pool_features(hidden, mask, pooling).float().cpu())
+        out.original[split] = torch.cat(feats["original"])
+        for sp in spans:
+            out.replaced.setdefault(sp, {})[split] = torch.cat(feats[sp])
+        out.labels[split] = torch.cat(labels) if labels else None
+    return out
+
+
+def output_errors(feats: SpanFeatures, split: str) -> dict[Span, float]:
+    """The `output` score: `||F_span - F||_F / ||F||_F` of the final pooled features on `split`."""
+    ref = feats.original[split].double()
+    norm = float(ref.norm())
+    return {sp: float((f[split].double() - ref).norm()) / norm for sp, f in feats.replaced.items()}
