@@ -104,3 +104,14 @@ def test_bad_input_exits_2_with_a_message(argv, message, model_and_plan, exporte
     argv = [a.format(plan=plan, vit=vit, tmp=tmp_path, onnx=exported[0]) for a in argv]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_plan_that_names_its_model_exports_without_model_option(model_and_plan, tmp_path):
+    vit, plan = model_and_plan
+    from fxapprox.plan import Plan
+
+    named = Plan.read(plan)
+    named.source = str(vit)
+    named.save(tmp_path / "named")
+    assert cli.main(["export", str(tmp_path / "named"), "--onnx", str(tmp_path / "c.onnx"), "--no-check"]) == 0
+    assert (tmp_path / "c.onnx").stat().st_size > 0

@@ -44,7 +44,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by `export` and `bench` to load a model and make example inputs."""
-    p.add_argument("--model", help="the model a plan directory was computed on (built-in name such as "
+    p.add_argument("--model", help="the model a plan directory was computed on (default: the one `fxapprox "
+                   "compress` recorded in the plan; built-in name such as "
                    "dinov2-small, a Hugging Face directory or hub id)")
     p.add_argument("--inputs", type=Path, metavar="FILE.safetensors",
                    help="example inputs: a safetensors file whose keys are the model's keyword arguments")
@@ -82,11 +83,14 @@ def load_source(source: str, args: argparse.Namespace) -> tuple[Any, ModelInputs
     from fxapprox.export.onnx import resize_inputs
 
     if _is_plan_dir(source):
-        if not args.model:
-            raise ExportError(f"{source} is a plan directory: pass --model with the model it was computed on")
         import fxapprox
+        from fxapprox.plan import Plan
 
-        original = load_model(args.model)
+        model_name = args.model or Plan.read(source).source
+        if not model_name:
+            raise ExportError(f"{source} is a plan directory that does not name its model: pass --model with "
+                              "the model it was computed on")
+        original = load_model(model_name)
         target = fxapprox.load(original, source)
         example = target.plan.example
     else:
