@@ -327,3 +327,23 @@ def test_bad_arguments_are_named():
         table().select(2, transform="mlp")
     with pytest.raises(SpanError, match="budget"):
         table().select(param_budget=1.5)
+
+
+def test_heldout_separates_an_affine_span_from_one_that_only_looks_affine_on_few_samples():
+    """With fewer [CLS] rows than dimensions the in-sample fit interpolates: the plain linear
+    score calls both spans affine; the held-out residual finds the one that really is.
+
+    Span (-1, 0) is exactly affine (block 0 adds a constant) on inputs of rank 12 (the embedding
+    is a Linear from 12 features); span (1, 3) is two strongly non-linear blocks on full-rank
+    width-32 inputs, seen on only 24 rows."""
+    model = tiny_net(["shift", "mlp", "mlp", "mlp"])
+    with torch.no_grad():
+        for b in model.blocks[1:]:
+            b.fc1.weight.mul_(8.0)
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randn(4, 5, 12, generator=g) for _ in range(6)]  # 24 [CLS] rows < width 32
+    an = fxapprox.analyze(model, batches, num_samples=24, tokens="cls", holdout_folds=3, progress=False)
+    affine, nonlinear = (-1, 0), (1, 3)
+    assert an.score(*affine, metric="linear") < 1e-2 and an.score(*nonlinear, metric="linear") < 1e-2
+    assert an.score(*affine, metric="heldout") < 1e-2
+    assert an.score(*nonlinear, metric="heldout") > 10 * an.score(*affine, metric="heldout") + 0.05
