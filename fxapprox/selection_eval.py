@@ -191,7 +191,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     rows = result["ranking"]
     cols = 4
     nrows = math.ceil(len(rows) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.6 * nrows), squeeze=False, constrained_layout=True)
     dis = {tuple(sp["span"]): 1 - sp["agreement"] for sp in result["spans"]}
     for ax, r in zip(axes.flat, rows):
         pts = [(sp["scores"][r["score"]], dis[tuple(sp["span"])], sp["span"][1] - sp["span"][0])
