@@ -342,7 +342,8 @@ def test_heldout_separates_an_affine_span_from_one_that_only_looks_affine_on_few
             b.fc1.weight.mul_(8.0)
     g = torch.Generator().manual_seed(3)
     batches = [torch.randn(4, 5, 12, generator=g) for _ in range(6)]  # 24 [CLS] rows < width 32
-    an = fxapprox.analyze(model, batches, num_samples=24, tokens="cls", holdout_folds=3, progress=False)
+    with pytest.warns(UnderdeterminedScoreWarning, match="interpolates"):
+        an = fxapprox.analyze(model, batches, num_samples=24, tokens="cls", holdout_folds=3, progress=False)
     affine, nonlinear = (-1, 0), (1, 3)
     assert an.score(*affine, metric="linear") < 1e-2 and an.score(*nonlinear, metric="linear") < 1e-2
     assert an.score(*affine, metric="heldout") < 1e-2
