@@ -1,0 +1,77 @@
+"""Benchmark: cost of the `heldout` and `output` scores relative to one plain forward → JSON.
+
+12-block ViT-S-sized random ViT at 112 px, side by side in one process (best of `--repeats`):
+* `forward`: eager forward over the calibration samples;
+* `analyze-all`: `analyze(tokens="all")` (every metric but `heldout`);
+* `analyze-all-heldout`: the same with `holdout_folds=2` (adds the k-fold `heldout` score);
+* `output`: `span_features` for every span of up to `--max-len` blocks, on `--samples` held-out
+  samples (one calibration pass for the fits, then one prefix + one suffix per span per batch).
+
+    python benchmarks/bench_scores.py [--samples 128] [--batch 32] [--max-len 4] [--repeats 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from bench_compress import _batches, _model
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--max-len", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    import fxapprox
+    from fxapprox.span_features import span_features
+    from fxapprox.spans import all_spans
+
+    model, n, b = _model(), args.samples, args.batch
+    spans = all_spans(12, args.max_len)
+
+    def forward():
+        with torch.no_grad():
+            for batch in _batches(n, b):
+                model(**batch)
+
+    cases = {
+        "forward": forward,
+        "analyze-all": lambda: fxapprox.analyze(model, _batches(n, b), num_samples=n, tokens="all", progress=False),
+        "analyze-all-heldout": lambda: fxapprox.analyze(model, _batches(n, b), num_samples=n, tokens="all",
+                                                        holdout_folds=2, progress=False),
+        "output": lambda: span_features(model, _batches(n, b), spans, {"heldout": list(_batches(n, b))},
+                                        num_samples=n, progress=False),
+    }
+    seconds = {name: _best(fn, args.repeats) for name, fn in cases.items()}
+    report = {
+        "model": "ViT-S-sized random ViTModel (12 blocks, d=384), 112 px", "samples": n, "batch": b,
+        "spans_for_output": len(spans), "threads": torch.get_num_threads(),
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "relative_to_forward": {k: round(v / seconds["forward"], 2) for k, v in seconds.items()},
+        "heldout_extra_vs_forward": round((seconds["analyze-all-heldout"] - seconds["analyze-all"]) / seconds["forward"], 2),
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
