@@ -1,6 +1,6 @@
 """GraphModule with dead nodes → the same module without them, their submodules, parameters and buffers.
 
-`Graph.eliminate_dead_code()` treats dropout and scaled-dot-product attention (tagged
+`Graph.eliminate_dead_code` treats dropout and scaled-dot-product attention (tagged
 nondeterministic) and `_assert_tensor_metadata` (side effect) as impure, so removed blocks keep
 running. Here a node is kept only if the output, a placeholder or a genuinely mutating op needs
 it. Assertion-like side-effect nodes survive only while they check live graph inputs or symbolic
