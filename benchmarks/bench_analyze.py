@@ -4,8 +4,7 @@ Timing, side by side in one process (each case `--repeats` times, interleaved, b
 seconds and this process's CPU seconds, the latter less disturbed by other load on the machine):
 * `forward`: a plain eager forward pass over the samples (the floor for any calibration);
 * `analyze-cls` / `analyze-all`: `analyze(tokens="cls" | "all")` over the same samples, every span
-  scored by every metric; the capture (torch.export, a fixed cost independent of the samples) is
-  also timed alone so that the pass itself can be compared with the forward.
+  scored by every metric (analyze runs the eager model with block hooks: no graph capture).
 Memory: `analyze(tokens="all")` in a fresh process at `--memory-samples` (default 128 and 1024),
 peak RSS; batches are generated on the fly so the data does not grow the process either.
 
@@ -39,19 +38,6 @@ def _analyze(model, samples: int, batch: int, tokens: str):
     return fxapprox.analyze(model, _batches(samples, batch), num_samples=samples, tokens=tokens, progress=False)
 
 
-def _capture_seconds(model, batch: int) -> float:
-    from fxapprox.blocks import find_block_stack
-    from fxapprox.boundaries import find_boundaries
-    from fxapprox.capture import capture
-    from fxapprox.inputs import as_model_inputs
-
-    t0 = time.perf_counter()
-    stack = find_block_stack(model)
-    captured = capture(model, as_model_inputs(next(_batches(2, batch))), stack)
-    find_boundaries(captured.module, stack)
-    return time.perf_counter() - t0
-
-
 def timing(samples: int, batch: int, repeats: int, heatmap: str | None = None) -> dict:
     """Best-of-`repeats` seconds of forward / analyze(cls) / analyze(all), interleaved."""
     model = _model()
@@ -60,37 +46,30 @@ def timing(samples: int, batch: int, repeats: int, heatmap: str | None = None) -
     runs: dict[str, list[float]] = {}
     an = {}
     for _ in range(repeats):
-        for case in ("forward", "analyze-cls", "analyze-all", "capture"):
+        for case in ("forward", "analyze-cls", "analyze-all"):
             t0, c0 = time.perf_counter(), time.process_time()
             if case == "forward":
                 with torch.no_grad():
                     for b in _batches(samples, batch):
                         model(**b)
-            elif case == "capture":
-                _capture_seconds(model, batch)
             else:
                 an[case] = _analyze(model, samples, batch, case.split("-")[1])
             seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
             runs.setdefault(case, []).append(round(seconds, 2))
             best[case] = min(best.get(case, float("inf")), seconds)
             best_cpu[case] = min(best_cpu.get(case, float("inf")), cpu)
-    fwd, cap = best["forward"], best["capture"]
-    cfwd, ccap = best_cpu["forward"], best_cpu["capture"]
+    fwd, cfwd = best["forward"], best_cpu["forward"]
     if heatmap:
         an["analyze-all"].plot(heatmap, metric=["linear", "cka", "cosine"])
     return {
         "samples": samples, "batch": batch, "runs_seconds": runs,
-        "forward_s": round(fwd, 2), "capture_s": round(cap, 2),
+        "forward_s": round(fwd, 2),
         "analyze_cls_s": round(best["analyze-cls"], 2), "analyze_all_s": round(best["analyze-all"], 2),
         "cls_vs_forward": round(best["analyze-cls"] / fwd, 3),
         "all_vs_forward": round(best["analyze-all"] / fwd, 3),
-        "cls_pass_vs_forward": round((best["analyze-cls"] - cap) / fwd, 3),
-        "all_pass_vs_forward": round((best["analyze-all"] - cap) / fwd, 3),
         "cpu_s": {k: round(v, 2) for k, v in best_cpu.items()},
         "cpu_cls_vs_forward": round(best_cpu["analyze-cls"] / cfwd, 3),
         "cpu_all_vs_forward": round(best_cpu["analyze-all"] / cfwd, 3),
-        "cpu_cls_pass_vs_forward": round((best_cpu["analyze-cls"] - ccap) / cfwd, 3),
-        "cpu_all_pass_vs_forward": round((best_cpu["analyze-all"] - ccap) / cfwd, 3),
         "top3_linear_all_tokens": an["analyze-all"].top_k(3),
         "top3_linear_cls": an["analyze-cls"].top_k(3),
     }
@@ -98,7 +77,7 @@ def timing(samples: int, batch: int, repeats: int, heatmap: str | None = None) -
 
 def memory_case(samples: int, batch: int, tokens: str) -> dict:
     """Peak RSS of one analyze() in this (fresh) process."""
-    import fxapprox  # noqa: F401  (imported before the baseline is read)
+    import fxapprox  # noqa: F401 (imported before the baseline is read)
 
     model = _model()
     before = _rss_mib()

@@ -1,7 +1,8 @@
 """Model + calibration batches → `Analysis`: every span `(s, e)` scored by every metric in one pass.
 
-`analyze()` captures the model, watches every boundary `H_-1 .. H_{L-1}`, streams the batches
-into `BoundaryMoments` (no activation is kept) and turns them into one score matrix per metric
+`analyze()` runs the eager model with hooks on its blocks (no graph capture: scoring needs no
+rewrite), watches every boundary `H_-1 .. H_{L-1}`, streams the batches into `BoundaryMoments`
+(no activation is kept; the pass stops after the last block) and turns them into one score matrix per metric
 (see `fxapprox.metrics`). The `Analysis` ranks spans (TOAST Algorithm 1, `top_k`), chooses
 budgeted span sets by dynamic programming (`select`), and renders itself as JSON, a markdown
 table or heatmaps like the papers' Figure 2.
@@ -22,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fxapprox.blocks import BlockStack
-from fxapprox.calibrate import Tokens, calibrate
-from fxapprox.prepare import prepare
+from fxapprox.blocks import BlockStack, find_block_stack
+from fxapprox.calibrate import Tokens, calibrate_eager, iter_batches
+from fxapprox.prepare import model_device
 from fxapprox.errors import SpanError
 from fxapprox.fit import DEFAULT_RIDGE
 from fxapprox.inputs import ModelInputs
@@ -339,30 +340,33 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
         raise ValueError(f"tokens={tokens!r} is not one of {_TOKENS}")
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be at least 1")
-    prepared = prepare(model, calib_loader, blocks)
-    traced, batches, device = prepared.traced, prepared.batches, prepared.device
-    stack, boundaries, widths = traced.stack, traced.boundaries, traced.widths
+    stack = find_block_stack(model, blocks)
+    device = model_device(model)
+    first, batches = iter_batches(calib_loader)
     indices = list(range(-1, stack.num_blocks))
     if product_dtype == "auto":
         product_dtype = None if tokens == "all" else torch.float64
     folded = FoldedMoments(indices, holdout_folds, product_dtype=product_dtype) if holdout_folds else None
-    moments = calibrate(traced.module, boundaries, indices, batches, num_samples, tokens=tokens, device=device,
-                        progress=progress, moments=folded or BoundaryMoments(indices, product_dtype=product_dtype))
+    model.eval()
+    moments = calibrate_eager(model, stack, indices, batches, num_samples, tokens=tokens, device=device,
+                              progress=progress,
+                              moments=folded or BoundaryMoments(indices, product_dtype=product_dtype))
     if folded is not None:
         moments = folded.total()
+    widths = [moments.dims[k] for k in indices]
     scores = {m: score_matrix(moments, m, ridge=ridge) for m in METRICS}
     if folded is not None:
         scores["heldout"] = heldout_matrix(folded, moments, ridge=ridge)
     an = Analysis(
         model=_model_name(model), num_blocks=stack.num_blocks, tokens=tokens, samples=moments.samples,
-        rows=moments.rows, widths=list(widths), ridge=ridge, scores=scores, capture_path=traced.capture_path,
+        rows=moments.rows, widths=list(widths), ridge=ridge, scores=scores, capture_path="eager block hooks",
         block_params=[sum(p.numel() for p in model.get_submodule(stack.block_path(i)).parameters())
                       for i in range(stack.num_blocks)],
         total_params=sum(p.numel() for p in model.parameters()),
     )
     if flops:
         try:
-            sample = traced.example.take(1)
+            sample = first.take(1).to(device)
             an.block_flops, an.total_flops, an.tokens_per_sample = _count_flops(model, stack, sample)
         except Exception as err:  # FLOP counting is a convenience; the scores stand without it
             log.warning("could not count FLOPs per block (%s); flops_budget selection is unavailable", err)

@@ -19,13 +19,15 @@ import torch
 import torch.fx
 from tqdm.auto import tqdm
 
+from fxapprox.blocks import BlockStack
 from fxapprox.boundaries import Boundaries
 from fxapprox.capture import flat_graph_inputs
 from fxapprox.errors import EmptyCalibrationError, FewerSamplesWarning, NonFiniteActivationError
 from fxapprox.inputs import ModelInputs, as_model_inputs, token_mask
 from fxapprox.stats import BoundaryMoments, FoldedMoments
 
-__all__ = ["CalibrationInterpreter", "calibrate", "token_rows", "iter_batches", "Tokens"]
+__all__ = ["CalibrationInterpreter", "EagerBlockHooks", "calibrate", "calibrate_eager", "token_rows", "iter_batches",
+           "Tokens"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,49 @@ def iter_batches(loader: Iterable[Any]) -> tuple[ModelInputs, Iterator[ModelInpu
     return first, itertools.chain([first], (as_model_inputs(b) for b in it))
 
 
+class EagerBlockHooks:
+    """Runs the eager model with hooks on the blocks of `stack`: `observe(k, H_k)` for each watched
+    boundary (the input of block 0 for `H_-1`), stopping after the last one. No capture needed."""
+
+    def __init__(self, model: torch.nn.Module, stack: BlockStack, indices: list[int],
+                 observe: Callable[[int, torch.Tensor], None]):
+        self.model, self.stack, self.indices, self.observe = model, stack, sorted(indices), observe
+
+    def _hooks(self) -> list[Any]:
+        last = self.indices[-1]
+
+        def output_hook(k: int):
+            def hook(_module, _args, output):
+                self.observe(k, output[0] if isinstance(output, (tuple, list)) else output)
+                if k == last:
+                    raise _Done
+            return hook
+
+        def input_hook(_module, args, kwargs):
+            self.observe(-1, args[0] if args else kwargs["hidden_states"])
+            if last == -1:
+                raise _Done
+
+        handles = []
+        for k in self.indices:
+            block = self.model.get_submodule(self.stack.block_path(max(k, 0)))
+            handles.append(block.register_forward_pre_hook(input_hook, with_kwargs=True) if k < 0
+                           else block.register_forward_hook(output_hook(k)))
+        return handles
+
+    def observe_batch(self, inputs: ModelInputs) -> None:
+        """Run one batch eagerly up to the last watched boundary."""
+        handles = self._hooks()
+        try:
+            with torch.no_grad():
+                inputs.call(self.model)
+        except _Done:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+
+
 def calibrate(gm: torch.fx.GraphModule, boundaries: Boundaries, indices: list[int],
               batches: Iterable[ModelInputs], num_samples: int, *, tokens: Tokens = "all",
               device: torch.device | None = None, progress: bool = True,
@@ -115,6 +160,23 @@ def calibrate(gm: torch.fx.GraphModule, boundaries: Boundaries, indices: list[in
     """
     moments = BoundaryMoments(indices) if moments is None else moments
     watched = {boundaries[k]: k for k in moments.indices}
+    return _stream(lambda observe: CalibrationInterpreter(gm, watched, observe), moments, batches, num_samples,
+                   tokens=tokens, device=device, progress=progress)
+
+
+def calibrate_eager(model: torch.nn.Module, stack: BlockStack, indices: list[int], batches: Iterable[ModelInputs],
+                    num_samples: int, *, tokens: Tokens = "all", device: torch.device | None = None,
+                    progress: bool = True,
+                    moments: BoundaryMoments | FoldedMoments | None = None) -> BoundaryMoments | FoldedMoments:
+    """`calibrate` on the eager model through block hooks (no graph capture: scoring only)."""
+    moments = BoundaryMoments(indices) if moments is None else moments
+    return _stream(lambda observe: EagerBlockHooks(model, stack, moments.indices, observe), moments, batches,
+                   num_samples, tokens=tokens, device=device, progress=progress)
+
+
+def _stream(make_runner, moments, batches: Iterable[ModelInputs], num_samples: int, *, tokens: Tokens,
+            device: torch.device | None, progress: bool):
+    """The calibration loop shared by the graph and the eager runners."""
     current: dict[int, torch.Tensor] = {}
 
     def observe(k: int, h: torch.Tensor) -> None:
@@ -126,7 +188,7 @@ def calibrate(gm: torch.fx.GraphModule, boundaries: Boundaries, indices: list[in
             )
         current[k] = h.detach()
 
-    interp = CalibrationInterpreter(gm, watched, observe)
+    runner = make_runner(observe)
     bar = tqdm(total=num_samples, unit="sample", desc="calibrating", disable=not progress, leave=False)
     for inputs in batches:
         remaining = num_samples - moments.samples
@@ -137,7 +199,7 @@ def calibrate(gm: torch.fx.GraphModule, boundaries: Boundaries, indices: list[in
         if device is not None:
             inputs = inputs.to(device)
         current.clear()
-        interp.observe_batch(inputs)
+        runner.observe_batch(inputs)
         mask = token_mask(inputs)
         moments.update({k: token_rows(current[k], mask, tokens) for k in moments.indices}, inputs.batch_size)
         bar.update(inputs.batch_size)
@@ -150,7 +212,7 @@ def calibrate(gm: torch.fx.GraphModule, boundaries: Boundaries, indices: list[in
             f"the calibration loader gave {moments.samples} samples, fewer than num_samples="
             f"{num_samples}; continuing with {moments.samples}",
             FewerSamplesWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     log.info("calibrated on %d samples (%d rows)", moments.samples, moments.rows)
     return moments

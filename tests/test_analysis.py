@@ -120,7 +120,7 @@ def test_analyze_end_to_end_equals_direct_scores():
     batches = _batches("vit")
     an = fxapprox.analyze(model, batches, num_samples=40, tokens="all", flops=False, progress=False)
     acts = hooked_rows(model, batches, "all")
-    assert an.rows == acts[0].shape[0] == 40 * 17 and an.capture_path == "export"
+    assert an.rows == acts[0].shape[0] == 40 * 17 and an.capture_path == "eager block hooks"
     assert_scores_match_direct(an.scores, an.ridge, acts, an.num_blocks)
     assert an.score(1, 3, "cka") == an.scores["cka"][2, 4]
 
