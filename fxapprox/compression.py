@@ -21,18 +21,21 @@ from fxapprox.blocks import find_block_stack
 from fxapprox.calibrate import calibrate, iter_batches
 from fxapprox.errors import PlanMismatchError, SpanError
 from fxapprox.fit import DEFAULT_RIDGE, fit_affine, identity_residual
-from fxapprox.inputs import as_model_inputs
+from fxapprox.inputs import ModelInputs, as_model_inputs
 from fxapprox.passes.replace_span import ReplaceRecord, SpanRewrite, replace_spans
 from fxapprox.plan import Plan, SpanPlan
 from fxapprox.prepare import Traced, model_device, trace
-from fxapprox.select import select_spans
-from fxapprox.spans import validate_spans
+from fxapprox.select import best_spans, select_spans
+from fxapprox.span_features import batch_features, fitted_maps, relative_error
+from fxapprox.spans import all_spans, validate_spans
+from fxapprox.suffix import SuffixRunner
 
-__all__ = ["compress", "load", "CompressionResult", "TRANSFORMS"]
+__all__ = ["compress", "load", "CompressionResult", "TRANSFORMS", "OUTPUT_METRIC"]
 
 log = logging.getLogger(__name__)
 
 TRANSFORMS = ("linear", "identity")
+OUTPUT_METRIC = "output"
 
 
 @dataclass
@@ -101,6 +104,20 @@ def _rewrite(traced: Traced, plan: Plan, like: torch.Tensor) -> ReplaceRecord:
     return replace_spans(traced.module, rewrites)
 
 
+def _select_by_output(traced: Traced, moments, inputs: ModelInputs, num_blocks: int, transform: str,
+                      ridge: float) -> list[tuple[int, int]]:
+    """Spans removing `num_blocks` blocks at the least total `output` error: each candidate span's
+    map replaces it and the relative error of the final features on `inputs` (the first
+    calibration batch) is its cost; then the same dynamic program as for the other metrics."""
+    widths = traced.widths
+    candidates = [(s, e) for s, e in all_spans(traced.stack.num_blocks, num_blocks)
+                  if transform != "identity" or widths[s + 1] == widths[e + 1]]
+    maps, _ = fitted_maps(moments, candidates, transform=transform, ridge=ridge, device=moments.sums.device)
+    original, replaced = batch_features(SuffixRunner(traced.module, traced.boundaries), maps, inputs)
+    costs = {sp: relative_error(original, f) for sp, f in replaced.items()}
+    return best_spans(costs, traced.stack.num_blocks, num_blocks)
+
+
 def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple[int, int]] | None = None,
              num_blocks: int | None = None, transform: str = "linear", metric: str = "linear",
              num_samples: int = 500, blocks: str | None = None, ridge: float = DEFAULT_RIDGE,
@@ -108,7 +125,9 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
     """Replace spans of blocks of `model` by closed-form maps fitted on `calib_loader`.
 
     Give `spans=[(s, e), ...]` (blocks s+1..e are replaced), or `num_blocks=k` to let the
-    `metric` score choose non-overlapping spans that remove k blocks.
+    `metric` score choose non-overlapping spans that remove k blocks. `metric="output"` scores a
+    span by the relative error of the model's final features when the span is replaced by its
+    fitted map (on the first calibration batch; one suffix per candidate span of up to k blocks).
     """
     if transform not in TRANSFORMS:
         raise ValueError(f"transform={transform!r} is not one of {TRANSFORMS}")
@@ -135,9 +154,12 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
         watched = list(range(-1, stack.num_blocks))
     moments = calibrate(traced.module, traced.boundaries, watched, batches, num_samples,
                         device=model_device(model), progress=progress)
-    if spans is None:
+    if spans is None and metric == OUTPUT_METRIC:
+        spans = _select_by_output(traced, moments, first.to(model_device(model)), num_blocks, transform, ridge)
+    elif spans is None:
         spans = select_spans(moments, stack.num_blocks, num_blocks, metric=metric, transform=transform,
                              widths=widths, ridge=ridge)
+    if num_blocks is not None:
         log.info("selected spans %s by %s score", spans, metric)
     plan = Plan(type(model).__name__, stack.path, stack.num_blocks, [], moments.samples, ridge,
                 example=traced.example)

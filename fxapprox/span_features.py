@@ -20,12 +20,13 @@ from tqdm.auto import tqdm
 from fxapprox.calibrate import calibrate
 from fxapprox.evaluate import last_hidden_state, pool_features
 from fxapprox.fit import DEFAULT_RIDGE, fit_affine
-from fxapprox.inputs import as_model_inputs, token_mask
+from fxapprox.inputs import ModelInputs, as_model_inputs, token_mask
 from fxapprox.prepare import prepare
 from fxapprox.spans import validate_spans
+from fxapprox.stats import BoundaryMoments
 from fxapprox.suffix import SuffixRunner
 
-__all__ = ["SpanFeatures", "span_features", "output_errors"]
+__all__ = ["SpanFeatures", "span_features", "output_errors", "fitted_maps", "batch_features", "relative_error"]
 
 Span = tuple[int, int]
 
@@ -52,15 +53,8 @@ def span_features(model: torch.nn.Module, calib_loader: Iterable[Any], spans: li
     boundaries = traced.boundaries
     moments = calibrate(traced.module, boundaries, sorted({k for sp in spans for k in sp}), prepared.batches,
                         num_samples, device=device, progress=progress)
-    maps = {}
-    out = SpanFeatures()
-    for s, e in spans:
-        if transform == "identity":
-            maps[(s, e)] = None
-            continue
-        fit = fit_affine(moments, s, e, ridge)
-        out.residuals[(s, e)] = fit.residual
-        maps[(s, e)] = (fit.weight.to(device), fit.bias.to(device))
+    maps, residuals = fitted_maps(moments, spans, transform=transform, ridge=ridge, device=device)
+    out = SpanFeatures(residuals=residuals)
     runner = SuffixRunner(traced.module, boundaries)
     for split, loader in loaders.items():
         feats: dict[Any, list[torch.Tensor]] = {"original": [], **{sp: [] for sp in spans}}
@@ -69,17 +63,10 @@ def span_features(model: torch.nn.Module, calib_loader: Iterable[Any], spans: li
                           disable=not progress):
             if isinstance(batch, Mapping) and "labels" in batch:
                 labels.append(torch.as_tensor(batch["labels"]).cpu())
-            inputs = as_model_inputs(batch).to(device)
-            mask = token_mask(inputs)
-            cache = runner.prefix(inputs)
-            feats["original"].append(pool_features(last_hidden_state(cache.output), mask, pooling).float().cpu())
-            for (s, e), fitted in maps.items():
-                h = cache.boundaries[s]
-                if fitted is not None:
-                    w, b = fitted
-                    h = h @ w.to(h.dtype) + b.to(h.dtype)
-                hidden = last_hidden_state(runner.run_from(e, h, cache))
-                feats[(s, e)].append(pool_features(hidden, mask, pooling).float().cpu())
+            original, replaced = batch_features(runner, maps, as_model_inputs(batch).to(device), pooling)
+            feats["original"].append(original)
+            for sp, f in replaced.items():
+                feats[sp].append(f)
         out.original[split] = torch.cat(feats["original"])
         for sp in spans:
             out.replaced.setdefault(sp, {})[split] = torch.cat(feats[sp])
@@ -87,8 +74,42 @@ def span_features(model: torch.nn.Module, calib_loader: Iterable[Any], spans: li
     return out
 
 
+def fitted_maps(moments: BoundaryMoments, spans: list[Span], *, transform: str, ridge: float,
+                device: torch.device) -> tuple[dict[Span, tuple[torch.Tensor, torch.Tensor] | None], dict[Span, float]]:
+    """Each span's map (`(W, b)` on `device`, None for the identity) and its fit residual."""
+    maps, residuals = {}, {}
+    for s, e in spans:
+        if transform == "identity":
+            maps[(s, e)] = None
+            continue
+        fit = fit_affine(moments, s, e, ridge)
+        residuals[(s, e)] = fit.residual
+        maps[(s, e)] = (fit.weight.to(device), fit.bias.to(device))
+    return maps, residuals
+
+
+def batch_features(runner: SuffixRunner, maps: Mapping[Span, Any], inputs: ModelInputs,
+                   pooling: str = "auto") -> tuple[torch.Tensor, dict[Span, torch.Tensor]]:
+    """One batch → pooled final features of the original and of every span's replacement (CPU)."""
+    mask = token_mask(inputs)
+    cache = runner.prefix(inputs)
+    original = pool_features(last_hidden_state(cache.output), mask, pooling).float().cpu()
+    replaced = {}
+    for (s, e), fitted in maps.items():
+        h = cache.boundaries[s]
+        if fitted is not None:
+            w, b = fitted
+            h = h @ w.to(h.dtype) + b.to(h.dtype)
+        hidden = last_hidden_state(runner.run_from(e, h, cache))
+        replaced[(s, e)] = pool_features(hidden, mask, pooling).float().cpu()
+    return original, replaced
+
+
+def relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """`||other - reference||_F / ||reference||_F`."""
+    return float((other.double() - reference.double()).norm() / reference.double().norm())
+
+
 def output_errors(feats: SpanFeatures, split: str) -> dict[Span, float]:
     """The `output` score: `||F_span - F||_F / ||F||_F` of the final pooled features on `split`."""
-    ref = feats.original[split].double()
-    norm = float(ref.norm())
-    return {sp: float((f[split].double() - ref).norm()) / norm for sp, f in feats.replaced.items()}
+    return {sp: relative_error(feats.original[split], f[split]) for sp, f in feats.replaced.items()}

@@ -86,3 +86,13 @@ def test_original_model_is_untouched():
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_num_blocks_by_output_error_picks_the_span_that_does_not_change_the_output():
+    model = tiny_net(["mlp", "mlp", "shift", "shift", "mlp", "mlp"])
+    res = fxapprox.compress(model, tiny_batches(), num_blocks=2, metric="output", num_samples=32, progress=False)
+    assert res.spans == [(1, 3)]
+    ident = tiny_net(["mlp", "identity", "mlp", "identity", "mlp"])
+    res = fxapprox.compress(ident, tiny_batches(), num_blocks=2, metric="output", transform="identity",
+                            num_samples=16, progress=False)
+    assert res.spans == [(0, 1), (2, 3)]

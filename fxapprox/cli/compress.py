@@ -24,7 +24,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        "(s-e replaces blocks s+1..e; m1-e starts at the embeddings)")
     which.add_argument("--num-blocks", type=int, help="remove this many blocks, spans chosen by --metric")
     p.add_argument("--transform", choices=("linear", "identity"), default="linear")
-    p.add_argument("--metric", default="linear", help="score that chooses spans with --num-blocks")
+    p.add_argument("--metric", default="linear", help="score that chooses spans with --num-blocks: linear, "
+                   "mse, br, cosine, angular, cka, identity, or output (error of the final features)")
     p.add_argument("--out", required=True, help="directory to write the plan into")
     p.add_argument("--overwrite", action="store_true", help="replace a plan already in --out")
     p.add_argument("--json", metavar="PATH", help="write a summary as JSON")
