@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from fxapprox.cli.common import add_model_data_args, load_model_and_calibration
 from fxapprox.metrics import METRIC_INFO, METRICS
 
 __all__ = ["add_parser", "run"]
@@ -23,42 +24,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="One calibration pass scores every span s → e (blocks s+1..e) with the metrics "
         f"{', '.join(METRICS)}; prints the most redundant spans (TOAST Algorithm 1).",
     )
-    p.add_argument("model", help="built-in model name, Hugging Face model directory or hub id")
-    p.add_argument("--data", required=True, help="built-in dataset name, save_to_disk directory, "
-                   "Fashion-MNIST idx directory or hub id")
-    p.add_argument("--split", default="train", help="split to draw calibration samples from (default: train)")
-    p.add_argument("--samples", type=int, default=50, help="calibration samples (default: 50, the papers')")
+    add_model_data_args(p, samples=50)
     p.add_argument("--tokens", choices=("cls", "mean", "all"), default="cls",
                    help="rows scored per sample: first token, token mean, or every token (default: cls)")
-    p.add_argument("--blocks", default=None, help="dotted path of the block ModuleList (default: found)")
     p.add_argument("--metric", choices=tuple(METRIC_INFO), default="linear",
                    help="metric to rank by (default: linear; 'heldout' needs --holdout-folds)")
     p.add_argument("--holdout-folds", type=int, default=0, metavar="K",
                    help="also score the held-out residual, batches split into K >= 2 folds")
     p.add_argument("--top", type=int, default=5, help="spans to print (default: 5)")
     p.add_argument("--span-len", type=int, default=None, help="rank only spans of this many blocks")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--image-size", type=int, default=112, help="image side in pixels (default: 112)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
     p.add_argument("--json", metavar="PATH", help="write the full analysis as JSON")
     p.add_argument("--heatmap", metavar="PATH", help="write heatmaps of the score matrices (PNG)")
     p.add_argument("--heatmap-metric", choices=tuple(METRIC_INFO), default=None,
                    help="draw only this metric (default: every metric, one panel each)")
     p.add_argument("--markdown", metavar="PATH", help="write the ranked span table as markdown")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Load model and data, analyse, print the top spans and write the requested files."""
-    from fxapprox import assets, data
     from fxapprox.analysis import analyze
 
-    model = assets.load_model(args.model)
-    dataset = assets.load_dataset(args.data)
-    loader = data.calibration_loader(args.model, dataset, split=args.split, num_samples=args.samples,
-                                     batch_size=args.batch_size, size=args.image_size, seed=args.seed)
+    model, _, loader = load_model_and_calibration(args)
     an = analyze(model, loader, num_samples=args.samples, tokens=args.tokens, blocks=args.blocks,
                  holdout_folds=args.holdout_folds, progress=not args.no_progress)
     an.model = args.model
