@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from fxapprox.calibrate import token_rows
 from fxapprox.inputs import as_model_inputs, token_mask
+from fxapprox.prepare import model_device
 
 __all__ = [
     "ProbeResult",
@@ -132,13 +133,6 @@ def pool_features(hidden: torch.Tensor, mask: torch.Tensor | None, pooling: str 
     return token_rows(hidden, mask, pooling)
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    tensor = next(iter(model.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(model.buffers()), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
-
-
 def _set_training(model: torch.nn.Module, mode: bool) -> bool:
     """`model.train(mode)` where allowed (exported GraphModules refuse it); the previous mode."""
     before = bool(getattr(model, "training", False))
@@ -158,7 +152,7 @@ def extract_features(model: torch.nn.Module, loader: Iterable[Any], *, pooling: 
     The model is called as `model(**kwargs)` (or positionally for tensor batches) and its final
     hidden states pooled with `pool_features`.
     """
-    device = _device_of(model)
+    device = model_device(model)
     was_training = _set_training(model, False)
     feats, labels = [], []
     try:

@@ -45,8 +45,10 @@ class Prepared:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first floating-point parameter (CPU when it has none)."""
-    return next((p.device for p in model.parameters() if p.is_floating_point()), torch.device("cpu"))
+    """Device of the model's first floating-point parameter, else of its first buffer, else CPU."""
+    tensor = next((p for p in model.parameters() if p.is_floating_point()), None)
+    tensor = tensor if tensor is not None else next(iter(model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def example_batch(first: ModelInputs) -> ModelInputs:
