@@ -3,7 +3,9 @@
 `analyze()` runs the eager model with hooks on its blocks (no graph capture: scoring needs no
 rewrite), watches every boundary `H_-1 .. H_{L-1}`, streams the batches into `BoundaryMoments`
 (no activation is kept; the pass stops after the last block) and turns them into one score matrix per metric
-(see `fxapprox.metrics`). The `Analysis` ranks spans (TOAST Algorithm 1, `top_k`), chooses
+(see `fxapprox.metrics`). With `output_samples=N` it also traces the model and scores each span
+by the error of the final features on the next N samples (`fxapprox.output_score`). The
+`Analysis` ranks spans (TOAST Algorithm 1, `top_k`), chooses
 budgeted span sets by dynamic programming (`select`), and renders itself as JSON, a markdown
 table or heatmaps like the papers' Figure 2.
 """
@@ -14,7 +16,7 @@ import json
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,15 @@ import torch
 from torch import nn
 
 from fxapprox.blocks import BlockStack, find_block_stack
-from fxapprox.calibrate import Tokens, calibrate_eager, iter_batches
-from fxapprox.prepare import model_device
+from fxapprox.calibrate import Tokens, calibrate_eager, iter_batches, split_samples
 from fxapprox.errors import SpanError
 from fxapprox.fit import DEFAULT_RIDGE
 from fxapprox.inputs import ModelInputs
 from fxapprox.metrics import METRIC_INFO, METRICS, check_metric, cost, heldout_matrix, score_matrix
+from fxapprox.output_score import output_scores
+from fxapprox.prepare import model_device, trace
 from fxapprox.select import best_spans, best_spans_for_saving, candidate_costs, span_savings
+from fxapprox.spans import all_spans
 from fxapprox.stats import BoundaryMoments, FoldedMoments
 
 __all__ = ["Analysis", "analyze", "UnderdeterminedScoreWarning"]
@@ -50,7 +54,8 @@ class Analysis:
     """Scores of every span `(s, e)` under every metric; `scores[m][s + 1, e + 1]`, NaN where undefined.
 
     `block_params[b]` / `block_flops[b]` (per sample) are block b's cost; `tokens_per_sample[k + 1]`
-    the tokens per sample at boundary `H_k` (FLOPs of a replacing Linear).
+    the tokens per sample at boundary `H_k` (FLOPs of a replacing Linear); `output_samples` the
+    held-out samples of the `output` score (0: not computed).
     """
 
     model: str
@@ -67,6 +72,7 @@ class Analysis:
     total_flops: float | None = None
     tokens_per_sample: list[int] | None = None
     capture_path: str = ""
+    output_samples: int = 0
     notes: list[str] = field(default_factory=list)
 
     # --- reading scores -------------------------------------------------------------------
@@ -74,7 +80,8 @@ class Analysis:
     def _check(self, metric: str) -> np.ndarray:
         check_metric(metric)
         if metric not in self.scores:
-            raise ValueError(f"this analysis has no {metric!r} scores (analyze(..., holdout_folds=2) adds 'heldout')")
+            raise ValueError(f"this analysis has no {metric!r} scores (analyze(..., holdout_folds=2) adds "
+                             "'heldout', analyze(..., output_samples=128) adds 'output')")
         return self.scores[metric]
 
     def matrix(self, metric: str = "linear") -> np.ndarray:
@@ -89,7 +96,8 @@ class Analysis:
         value = float(scores[s + 1, e + 1])
         if math.isnan(value):
             info = METRIC_INFO[metric]
-            why = "single blocks (e = s + 1) only" if info.consecutive_only else "boundaries of equal width only"
+            why = ("single blocks (e = s + 1) only" if info.consecutive_only else
+                   "boundaries of equal width only" if info.equal_widths else "spans up to analyze's output_max_len")
             raise SpanError(f"metric {metric!r} is not defined for span ({s}, {e}): it scores {why}")
         return value
 
@@ -124,6 +132,14 @@ class Analysis:
                 return 0.0
             return 2.0 * self.tokens_per_sample[s + 1] * self.widths[s + 1] * self.widths[e + 1]
         return flops
+
+    def savings(self, s: int, e: int, transform: str = "linear") -> tuple[float, float | None]:
+        """Parameters and FLOPs per sample (None without FLOP counts) that replacing span `(s, e)`
+        by `transform` removes, net of the replacing Linear."""
+        params = span_savings(self.block_params, self._replacement_params(transform), [(s, e)])[(s, e)]
+        if self.block_flops is None or self.tokens_per_sample is None:
+            return params, None
+        return params, span_savings(self.block_flops, self._replacement_flops(transform), [(s, e)])[(s, e)]
 
     def select(self, num_blocks: int | None = None, *, param_budget: float | None = None,
                flops_budget: float | None = None, metric: str = "linear", transform: str = "linear",
@@ -163,7 +179,7 @@ class Analysis:
             "rows": self.rows, "widths": self.widths, "ridge": self.ridge, "capture_path": self.capture_path,
             "block_params": self.block_params, "total_params": self.total_params,
             "block_flops": self.block_flops, "total_flops": self.total_flops,
-            "tokens_per_sample": self.tokens_per_sample, "notes": self.notes,
+            "tokens_per_sample": self.tokens_per_sample, "output_samples": self.output_samples, "notes": self.notes,
             "index": "scores[metric][s + 1][e + 1] scores span (s, e): blocks s+1..e replaced",
             "scores": {m: clean(v) for m, v in self.scores.items()},
         }
@@ -192,9 +208,10 @@ class Analysis:
     def to_markdown(self, metric: str = "linear", top: int | None = None) -> str:
         """A markdown table of the spans (most redundant under `metric` first) with every metric."""
         self._check(metric)
+        output = f", output on {self.output_samples} held-out samples" if self.output_samples else ""
         lines = [f"## Span analysis: {self.model}", "",
                  f"{self.num_blocks} blocks, {self.samples} samples, tokens={self.tokens} ({self.rows} rows), "
-                 f"ridge={self.ridge:g}; span s → e replaces blocks s+1..e; sorted by {metric} "
+                 f"ridge={self.ridge:g}{output}; span s → e replaces blocks s+1..e; sorted by {metric} "
                  f"({'higher' if METRIC_INFO[metric].higher_is_redundant else 'lower'} = more redundant).", ""]
         lines += [f"> **note:** {n}" for n in self.notes]
         if self.notes:
@@ -320,10 +337,36 @@ def _count_flops(model: nn.Module, stack: BlockStack, sample: ModelInputs) -> tu
     return per_block, float(counter.get_total_flops()), per_tokens
 
 
+def _output_matrix(model: nn.Module, stack: BlockStack, first: ModelInputs, moments: BoundaryMoments,
+                   calib: Iterable[ModelInputs], rest: Iterator[ModelInputs], *, tokens: Tokens, num_samples: int,
+                   output_samples: int, max_len: int | None, ridge: float, device: torch.device,
+                   progress: bool) -> tuple[np.ndarray, str]:
+    """The `output` score matrix (maps fitted on the calibration samples' tokens, errors on the next
+    `output_samples` samples of `rest`) and the capture path of the graph it ran."""
+    held_out = list(split_samples(rest, output_samples)[0])
+    seen = sum(b.batch_size for b in held_out)
+    if seen < output_samples:
+        raise ValueError(
+            f"the calibration loader gave {moments.samples + seen} samples, but num_samples={num_samples} "
+            f"plus output_samples={output_samples} needs {num_samples + output_samples} (the output score is "
+            f"measured on the samples after the calibration ones): pass a loader with at least "
+            f"{num_samples + output_samples} samples, or lower num_samples or output_samples")
+    if tokens != "all":  # the maps are fitted on every token, as compress fits them
+        moments = calibrate_eager(model, stack, moments.indices, calib, num_samples, tokens="all", device=device,
+                                  progress=progress)
+    traced = trace(model, first, stack)
+    errors = output_scores(traced, moments, held_out, all_spans(stack.num_blocks, max_len), ridge=ridge,
+                           progress=progress)
+    out = np.full((stack.num_blocks + 1, stack.num_blocks + 1), np.nan)
+    for (s, e), value in errors.items():
+        out[s + 1, e + 1] = value
+    return out, traced.capture_path
+
+
 def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int = 50, tokens: Tokens = "cls",
             blocks: str | None = None, ridge: float = DEFAULT_RIDGE, flops: bool = False,
-            holdout_folds: int = 0, product_dtype: torch.dtype | str | None = "auto",
-            progress: bool = True) -> Analysis:
+            holdout_folds: int = 0, output_samples: int = 0, output_max_len: int | None = None,
+            product_dtype: torch.dtype | str | None = "auto", progress: bool = True) -> Analysis:
     """Score every span `(s, e)` of `model`'s block stack with every metric, from one calibration pass.
 
     `tokens`: `"cls"` (first token, the papers' choice), `"mean"` (mean of unmasked tokens) or
@@ -331,6 +374,13 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
     `Analysis.select(flops_budget=...)`; one more forward under a FLOP counter). `holdout_folds=k`
     (k >= 2) splits the batches into k folds (batch i → fold i mod k; statistics memory × (k + 1))
     and adds the `heldout` score: the affine residual on rows the fit did not see.
+    `output_samples=N` (N >= 1) adds the `output` score: each span of up to `output_max_len` blocks
+    (None: all) is replaced by its affine map, fitted on every token of the `num_samples`
+    calibration samples, and scored by the relative error of the pooled final features on the next
+    N samples of the loader (held out and kept in memory; the loader needs `num_samples + N`).
+    Cost: a graph capture, then per held-out batch one full pass plus one suffix (the blocks after
+    the span and the head) per span; with `tokens` other than "all" also a second calibration pass
+    on all tokens (the calibration inputs are then kept in memory for it).
     `product_dtype`: dtype of the per-batch cross-products; `"auto"` is float64 for `"cls"` /
     `"mean"` (few rows, exact) and the activations' dtype for `"all"` (float32 for float32
     models: about half the time of float64, scores within ~1e-5 relative); None: always the
@@ -340,9 +390,16 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
         raise ValueError(f"tokens={tokens!r} is not one of {_TOKENS}")
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be at least 1")
+    if output_samples < 0 or (output_max_len is not None and output_max_len < 1):
+        raise ValueError(f"output_samples={output_samples} must be >= 0 and output_max_len={output_max_len} "
+                         "None or >= 1")
     stack = find_block_stack(model, blocks)
     device = model_device(model)
     first, batches = iter_batches(calib_loader)
+    if output_samples:  # the calibration samples, then the held-out ones
+        batches, rest = split_samples(batches, num_samples)
+        if tokens != "all":
+            batches = list(batches)  # calibrated again on all tokens for the output score's maps
     indices = list(range(-1, stack.num_blocks))
     if product_dtype == "auto":
         product_dtype = None if tokens == "all" else torch.float64
@@ -357,9 +414,16 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
     scores = {m: score_matrix(moments, m, ridge=ridge) for m in METRICS}
     if folded is not None:
         scores["heldout"] = heldout_matrix(folded, moments, ridge=ridge)
+    capture_path = "eager block hooks"
+    if output_samples:
+        scores["output"], path = _output_matrix(
+            model, stack, first, moments, batches, rest, tokens=tokens, num_samples=num_samples,
+            output_samples=output_samples, max_len=output_max_len, ridge=ridge, device=device, progress=progress)
+        capture_path += f"; output score: {path}"
     an = Analysis(
         model=_model_name(model), num_blocks=stack.num_blocks, tokens=tokens, samples=moments.samples,
-        rows=moments.rows, widths=list(widths), ridge=ridge, scores=scores, capture_path="eager block hooks",
+        rows=moments.rows, widths=list(widths), ridge=ridge, scores=scores, capture_path=capture_path,
+        output_samples=output_samples,
         block_params=[sum(p.numel() for p in model.get_submodule(stack.block_path(i)).parameters())
                       for i in range(stack.num_blocks)],
         total_params=sum(p.numel() for p in model.parameters()),

@@ -4,7 +4,8 @@
 stops as soon as the last watched boundary is known (the rest of the model is not run).
 `calibrate()` streams batches through it into `BoundaryMoments`: padding tokens (from an
 `attention_mask`) are dropped, non-finite activations are an error, and it stops after
-`num_samples` samples.
+`num_samples` samples. `split_samples` cuts a batch stream after exactly n samples (for held-out
+samples after the calibration ones).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from fxapprox.inputs import ModelInputs, as_model_inputs, token_mask
 from fxapprox.stats import BoundaryMoments, FoldedMoments
 
 __all__ = ["CalibrationInterpreter", "EagerBlockHooks", "calibrate", "calibrate_eager", "token_rows", "iter_batches",
-           "Tokens"]
+           "split_samples", "Tokens"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,32 @@ def iter_batches(loader: Iterable[Any]) -> tuple[ModelInputs, Iterator[ModelInpu
             "torch DataLoader over a few hundred training samples)"
         ) from None
     return first, itertools.chain([first], (as_model_inputs(b) for b in it))
+
+
+def split_samples(batches: Iterator[ModelInputs], n: int) -> tuple[Iterator[ModelInputs], Iterator[ModelInputs]]:
+    """Batches → (the first `n` samples, the samples after them), splitting the batch that straddles `n`.
+
+    Both are lazy views of `batches`: read the first to its end before the second.
+    """
+    straddled: list[ModelInputs] = []
+
+    def head() -> Iterator[ModelInputs]:
+        left = n
+        while left > 0:
+            batch = next(batches, None)
+            if batch is None:
+                return
+            if batch.batch_size > left:
+                straddled.append(batch.map_tensors(lambda t: t[left:]))
+                batch = batch.take(left)
+            left -= batch.batch_size
+            yield batch
+
+    def tail() -> Iterator[ModelInputs]:
+        yield from straddled
+        yield from batches
+
+    return head(), tail()
 
 
 class EagerBlockHooks:

@@ -22,13 +22,12 @@ from fxapprox.calibrate import calibrate, iter_batches
 from fxapprox.errors import PlanMismatchError, SpanError
 from fxapprox.fit import DEFAULT_RIDGE, fit_affine, identity_residual
 from fxapprox.inputs import ModelInputs, as_model_inputs
+from fxapprox.output_score import output_scores
 from fxapprox.passes.replace_span import ReplaceRecord, SpanRewrite, replace_spans
 from fxapprox.plan import Plan, SpanPlan
 from fxapprox.prepare import Traced, model_device, trace
 from fxapprox.select import best_spans, select_spans
-from fxapprox.span_features import batch_features, fitted_maps, relative_error
 from fxapprox.spans import all_spans, validate_spans
-from fxapprox.suffix import SuffixRunner
 
 __all__ = ["compress", "load", "CompressionResult", "TRANSFORMS", "OUTPUT_METRIC"]
 
@@ -112,9 +111,7 @@ def _select_by_output(traced: Traced, moments, inputs: ModelInputs, num_blocks: 
     widths = traced.widths
     candidates = [(s, e) for s, e in all_spans(traced.stack.num_blocks, num_blocks)
                   if transform != "identity" or widths[s + 1] == widths[e + 1]]
-    maps, _ = fitted_maps(moments, candidates, transform=transform, ridge=ridge, device=moments.sums.device)
-    original, replaced = batch_features(SuffixRunner(traced.module, traced.boundaries), maps, inputs)
-    costs = {sp: relative_error(original, f) for sp, f in replaced.items()}
+    costs = output_scores(traced, moments, [inputs], candidates, transform=transform, ridge=ridge)
     return best_spans(costs, traced.stack.num_blocks, num_blocks)
 
 

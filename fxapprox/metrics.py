@@ -14,6 +14,8 @@ Every score is a closed form of the streaming statistics in `BoundaryMoments` (r
 * `heldout`: the `linear` residual of rows the fit did not see: per fold of `FoldedMoments`, fit
   on the other folds and measure on this one (the honest score when rows ≤ width, where the
   in-sample fit interpolates).
+* `output`: the relative error of the model's pooled final features with the span replaced by its
+  fitted map; not a closed form of the moments but forward passes (`fxapprox.output_score`).
 
 `br` and `cka` are similarities (higher = more redundant); `cost()` turns any score into a
 non-negative cost where lower = more redundant, which is what ranking and selection minimise.
@@ -57,10 +59,12 @@ METRIC_INFO: dict[str, MetricInfo] = {
         MetricInfo("cka", "linear CKA similarity", higher_is_redundant=True),
         MetricInfo("identity", "normalised residual of the identity map", equal_widths=True),
         MetricInfo("heldout", "held-out affine residual (fit on the other folds)"),
+        MetricInfo("output", "relative error of the final features, span replaced by its map (held out)"),
     )
 }
-# Metrics that one `BoundaryMoments` gives; `heldout` needs `FoldedMoments` (`heldout_matrix`).
-METRICS = tuple(name for name in METRIC_INFO if name != "heldout")
+# Metrics that one `BoundaryMoments` gives; `heldout` needs `FoldedMoments` (`heldout_matrix`),
+# `output` forward passes (`fxapprox.output_score`).
+METRICS = tuple(name for name in METRIC_INFO if name not in ("heldout", "output"))
 
 
 def check_metric(metric: str) -> MetricInfo:
@@ -68,7 +72,7 @@ def check_metric(metric: str) -> MetricInfo:
     try:
         return METRIC_INFO[metric]
     except KeyError:
-        raise ValueError(f"metric={metric!r} is not one of {METRICS}") from None
+        raise ValueError(f"metric={metric!r} is not one of {tuple(METRIC_INFO)}") from None
 
 
 def _check_span(m: BoundaryMoments, s: int, e: int, info: MetricInfo) -> None:
@@ -147,6 +151,8 @@ def score(m: BoundaryMoments, s: int, e: int, metric: str = "linear", *, ridge: 
     _check_span(m, s, e, info)
     if metric == "heldout":
         raise ValueError("the 'heldout' score needs folded moments: use heldout_matrix(FoldedMoments)")
+    if metric == "output":
+        raise ValueError("the 'output' score needs forward passes: use fxapprox.output_score.output_scores")
     if metric == "linear":
         return linear_residuals(m, s, [e], ridge)[0]
     if metric == "mse":

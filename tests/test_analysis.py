@@ -1,5 +1,6 @@
 """fxapprox.analyze / Analysis: scores from a real calibration pass == direct scores on hooked
-activations (every tokens mode), Algorithm 1 == brute force, rendering (JSON, markdown, PNG), CLI."""
+activations (every tokens mode), Algorithm 1 == brute force, rendering (JSON, markdown, PNG), CLI,
+the `output` score == the error of the compressed model on held-out samples."""
 
 from __future__ import annotations
 
@@ -301,12 +302,14 @@ def test_cli_analyze(tmp_path, capsys):
     args = parser.parse_args(["analyze", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--samples", "10",
                "--tokens", "all", "--image-size", "32", "--batch-size", "4", "--top", "3", "--no-progress",
                "--json", str(tmp_path / "a.json"), "--heatmap", str(tmp_path / "a.png"), "--heatmap-metric", "cka",
-               "--markdown", str(tmp_path / "a.md"), "--holdout-folds", "2"])
+               "--markdown", str(tmp_path / "a.md"), "--holdout-folds", "2", "--output-samples", "2",
+               "--output-max-len", "2"])
     rc = args.func(args)
     out = capsys.readouterr().out
     assert rc == 0 and "top 3 spans by linear" in out
     an = Analysis.from_json(tmp_path / "a.json")
     assert an.samples == 10 and an.num_blocks == 3 and an.tokens == "all" and "heldout" in an.scores
+    assert an.output_samples == 2 and len(an.spans("output")) == 5  # spans of 1-2 of 3 blocks
     assert (tmp_path / "a.png").stat().st_size > 10_000 and (tmp_path / "a.md").read_text().startswith("## Span")
 
 
@@ -348,3 +351,55 @@ def test_heldout_separates_an_affine_span_from_one_that_only_looks_affine_on_few
     assert an.score(*affine, metric="linear") < 1e-2 and an.score(*nonlinear, metric="linear") < 1e-2
     assert an.score(*affine, metric="heldout") < 1e-2
     assert an.score(*nonlinear, metric="heldout") > 10 * an.score(*affine, metric="heldout") + 0.05
+
+
+# --- the output score ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tokens", ["all", "cls"])  # "all": the scores' moments fit the maps; "cls": a second pass
+def test_output_score_is_the_error_of_the_compressed_model_on_the_held_out_samples(tokens):
+    model, _, _ = hf_family("vit")
+    model = model.double()
+    batches = _batches("vit", n_batches=7)  # 56 samples of 8 per batch: fit on 0..35, held out 36..47
+    an = fxapprox.analyze(model, batches, num_samples=36, tokens=tokens, output_samples=12, progress=False)
+    assert an.output_samples == 12 and an.capture_path.startswith("eager block hooks; output score: ")
+    held = torch.cat([b["pixel_values"] for b in batches])[36:48]
+    with torch.no_grad():
+        original = model(pixel_values=held).last_hidden_state[:, 0]
+    for span in [(-1, 0), (0, 2), (1, 3)]:
+        res = fxapprox.compress(model, batches, spans=[span], num_samples=36, progress=False)
+        with torch.no_grad():
+            replaced = res.module(pixel_values=held).last_hidden_state[:, 0]
+        want = float((replaced - original).norm() / original.norm())
+        assert an.score(*span, metric="output") == pytest.approx(want, rel=1e-5), span
+
+
+def test_output_score_ranks_the_affine_span_first():
+    model = tiny_net(["mlp", "mlp", "shift", "shift", "mlp", "mlp"])  # blocks 2..3 add constants: span (1, 3)
+    an = fxapprox.analyze(model, tiny_batches(n_batches=6), num_samples=32, tokens="all", output_samples=16,
+                          output_max_len=3, progress=False)
+    assert an.top_k(1, span_len=2, metric="output")[0][:2] == (1, 3)
+    assert an.score(1, 3, "output") < 1e-4 < min(v for s, e, v in an.top_k(10, span_len=2, metric="output")[1:])
+    assert an.select(2, metric="output") == [(1, 3)]
+    assert math.isnan(an.matrix("output")[0, 4]) and len(an.spans("output")) == len(an.spans("linear")) - 6
+    with pytest.raises(SpanError, match="output_max_len"):
+        an.score(-1, 3, "output")
+
+
+def test_output_score_survives_json_and_renders(tmp_path):
+    an = fxapprox.analyze(tiny_net(["mlp", "shift", "mlp"]), tiny_batches(n_batches=6), num_samples=40,
+                          tokens="cls", output_samples=8, progress=False)
+    back = Analysis.from_json(an.to_json())
+    np.testing.assert_array_equal(back.scores["output"], an.scores["output"])
+    assert back.output_samples == 8 and back.top_k(3, metric="output") == an.top_k(3, metric="output")
+    assert "| output |" in back.to_markdown(metric="output") and "8 held-out samples" in back.to_markdown()
+    assert _png_is_nontrivial(back.plot(tmp_path / "output.png", metric="output"))
+
+
+def test_output_score_needs_samples_after_the_calibration_ones():
+    model = tiny_net(["mlp", "mlp"])
+    with pytest.raises(ValueError, match="gave 32 samples.*needs 40"):
+        fxapprox.analyze(model, tiny_batches(), num_samples=24, output_samples=16, progress=False)
+    with pytest.raises(ValueError, match="output_samples=-1"):
+        fxapprox.analyze(model, tiny_batches(), output_samples=-1)
+    with pytest.raises(ValueError, match="output_samples="):
+        table().top_k(3, metric="output")

@@ -2,7 +2,8 @@
 
 MODEL is a built-in asset name, a Hugging Face model directory or a hub id (`assets.load_model`);
 DATA a built-in dataset name, a `save_to_disk` directory, a directory of Fashion-MNIST idx files
-or a hub id (`assets.load_dataset`). Calibration samples are a seeded random subset of `--split`.
+or a hub id (`assets.load_dataset`). Calibration samples are a seeded random subset of `--split`;
+`--output-samples N` draws N more and scores the `output` metric on them.
 """
 
 from __future__ import annotations
@@ -28,9 +29,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tokens", choices=("cls", "mean", "all"), default="cls",
                    help="rows scored per sample: first token, token mean, or every token (default: cls)")
     p.add_argument("--metric", choices=tuple(METRIC_INFO), default="linear",
-                   help="metric to rank by (default: linear; 'heldout' needs --holdout-folds)")
+                   help="metric to rank by (default: linear; 'heldout' needs --holdout-folds, "
+                   "'output' --output-samples)")
     p.add_argument("--holdout-folds", type=int, default=0, metavar="K",
                    help="also score the held-out residual, batches split into K >= 2 folds")
+    p.add_argument("--output-samples", type=int, default=0, metavar="N",
+                   help="also score 'output': each span replaced by its fitted map, the relative error of "
+                   "the final features on N held-out samples drawn after the --samples ones (costs one "
+                   "forward plus one suffix per span per batch; default: 0, off)")
+    p.add_argument("--output-max-len", type=int, default=None, metavar="L",
+                   help="score 'output' only for spans of up to L blocks (default: every span)")
     p.add_argument("--top", type=int, default=5, help="spans to print (default: 5)")
     p.add_argument("--span-len", type=int, default=None, help="rank only spans of this many blocks")
     p.add_argument("--json", metavar="PATH", help="write the full analysis as JSON")
@@ -46,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
     """Load model and data, analyse, print the top spans and write the requested files."""
     from fxapprox.analysis import analyze
 
-    model, _, loader = load_model_and_calibration(args)
+    model, _, loader = load_model_and_calibration(args, extra_samples=args.output_samples)
     an = analyze(model, loader, num_samples=args.samples, tokens=args.tokens, blocks=args.blocks,
-                 holdout_folds=args.holdout_folds, progress=not args.no_progress)
+                 holdout_folds=args.holdout_folds, output_samples=args.output_samples,
+                 output_max_len=args.output_max_len, progress=not args.no_progress)
     an.model = args.model
     top = an.top_k(args.top, span_len=args.span_len, metric=args.metric)
     print(f"{an.model}: {an.num_blocks} blocks, {an.samples} samples, tokens={an.tokens}; "

@@ -25,13 +25,14 @@ def add_model_data_args(p: argparse.ArgumentParser, *, samples: int) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def load_model_and_calibration(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    """Parsed arguments → (model, dataset, calibration loader)."""
+def load_model_and_calibration(args: argparse.Namespace, extra_samples: int = 0) -> tuple[Any, Any, Any]:
+    """Parsed arguments → (model, dataset, loader of `--samples` + `extra_samples` samples)."""
     from fxapprox import assets, data
 
     model = assets.load_model(args.model)
     dataset = assets.load_dataset(args.data)
-    loader = data.calibration_loader(args.model, dataset, split=args.split, num_samples=args.samples,
+    loader = data.calibration_loader(args.model, dataset, split=args.split,
+                                     num_samples=args.samples + extra_samples,
                                      batch_size=args.batch_size, size=args.image_size, seed=args.seed)
     return model, dataset, loader
 
