@@ -9,6 +9,7 @@ retraining), and CKA / mean cosine of the final test features.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +17,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fxapprox.evaluate import PAPER_SEEDS, ProbeResult, linear_cka, mean_cosine, train_probe
+from fxapprox.evaluate import PAPER_SEEDS, ProbeResult, linear_cka, mean_cosine, train_probe, train_probes
 from fxapprox.span_features import SpanFeatures
 
 __all__ = ["Damage", "measure_damage", "probe_predictions", "probe_accuracy"]
+
+log = logging.getLogger(__name__)
 
 Span = tuple[int, int]
 
@@ -34,7 +37,8 @@ class Damage:
     frozen_agreement: float = 1.0
     cka: float = 1.0
     cosine: float = 1.0
-    disagreement: torch.Tensor | None = field(default=None, repr=False)  # (N,) per test sample
+    disagreement: torch.Tensor | None = field(default=None, repr=False)  # (N,) per test sample, mean over seeds
+    errors: torch.Tensor | None = field(default=None, repr=False)  # (N,) per test sample, mean over seeds
 
     def to_dict(self) -> dict[str, Any]:
         return {"span": list(self.span) if self.span else None, "probe": self.probe.to_dict(),
@@ -42,24 +46,28 @@ class Damage:
                 "cka": self.cka, "cosine": self.cosine}
 
 
-def probe_predictions(train, train_y, test, seeds, num_classes, **kw) -> torch.Tensor:
-    """`(seeds, N_test)` predictions of one probe per seed."""
+def probe_predictions(feature_sets: Sequence[tuple[torch.Tensor, torch.Tensor]], train_y: torch.Tensor, seeds,
+                      num_classes: int, device=None, **kw) -> torch.Tensor:
+    """P `(train, test)` feature sets → `(P, seeds, N_test)` predictions of one probe per set and seed
+    (all sets of one seed trained at once, see `train_probes`)."""
     preds = []
     for seed in seeds:
-        probe = train_probe(train, train_y, num_classes=num_classes, seed=seed, **kw)
+        probes = train_probes([tr for tr, _ in feature_sets], train_y, num_classes=num_classes, seed=seed,
+                              device=device, **kw)
         with torch.no_grad():
-            preds.append(probe(test.float()).argmax(dim=1))
-    return torch.stack(preds)
+            preds.append(torch.stack([p(te.float()).argmax(dim=1) for p, (_, te) in zip(probes, feature_sets)]))
+    return torch.stack(preds, dim=1)
 
 
 def probe_accuracy(preds: torch.Tensor, labels: torch.Tensor, seeds, n_train: int) -> ProbeResult:
+    """`(seeds, N)` predictions → accuracy per seed."""
     accs = (preds == labels.unsqueeze(0)).float().mean(dim=1).tolist()
     return ProbeResult(accs, [int(s) for s in seeds], n_train, int(labels.numel()))
 
 
 def measure_damage(feats: SpanFeatures, *, seeds: Sequence[int] = PAPER_SEEDS, train: str = "train",
                    test: str = "test", epochs: int = 5, lr: float = 1e-3, batch_size: int = 256,
-                   progress: bool = True) -> tuple[Damage, dict[Span, Damage]]:
+                   device=None, progress: bool = True) -> tuple[Damage, dict[Span, Damage]]:
     """Probe every feature set with the same seeds → (original, {span: damage})."""
     ytr, yte = feats.labels[train], feats.labels[test]
     if ytr is None or yte is None:
@@ -67,15 +75,21 @@ def measure_damage(feats: SpanFeatures, *, seeds: Sequence[int] = PAPER_SEEDS, t
     num_classes = int(max(ytr.max(), yte.max())) + 1
     kw = dict(epochs=epochs, lr=lr, batch_size=batch_size)
     ref_train, ref_test = feats.original[train], feats.original[test]
-    ref_preds = probe_predictions(ref_train, ytr, ref_test, seeds, num_classes, **kw)
-    ref_probes = [train_probe(ref_train, ytr, num_classes=num_classes, seed=s, **kw) for s in seeds[:1]]
-    original = Damage(None, probe_accuracy(ref_preds, yte, seeds, len(ytr)))
+    spans = list(feats.replaced)
+    sets = [(ref_train, ref_test)] + [(feats.replaced[sp][train], feats.replaced[sp][test]) for sp in spans]
+    log.info("probing %d feature sets × %d seeds", len(sets), len(seeds))
+    preds = probe_predictions(sets, ytr, seeds, num_classes, device=device, **kw)
+    ref_preds = preds[0]
+    ref_probe = train_probe(ref_train, ytr, num_classes=num_classes, seed=seeds[0], **kw)
+    original = Damage(None, probe_accuracy(ref_preds, yte, seeds, len(ytr)),
+                      errors=(ref_preds != yte).float().mean(dim=0))
     out = {}
-    for span, f in tqdm(feats.replaced.items(), desc="probing spans", unit="span", leave=False, disable=not progress):
-        preds = probe_predictions(f[train], ytr, f[test], seeds, num_classes, **kw)
-        disagree = (preds != ref_preds).float().mean(dim=0)
+    for span, p in zip(tqdm(spans, desc="span damage", unit="span", leave=False, disable=not progress), preds[1:]):
+        f = feats.replaced[span]
+        disagree = (p != ref_preds).float().mean(dim=0)
         with torch.no_grad():
-            frozen = (ref_probes[0](f[test].float()).argmax(1) == ref_preds[0]).float().mean()
-        out[span] = Damage(span, probe_accuracy(preds, yte, seeds, len(ytr)), float(1 - disagree.mean()), float(frozen),
-                           linear_cka(ref_test, f[test]), mean_cosine(ref_test, f[test]), disagree)
+            frozen = (ref_probe(f[test].float()).argmax(1) == ref_preds[0]).float().mean()
+        out[span] = Damage(span, probe_accuracy(p, yte, seeds, len(ytr)), float(1 - disagree.mean()), float(frozen),
+                           linear_cka(ref_test, f[test]), mean_cosine(ref_test, f[test]), disagree,
+                           (p != yte).float().mean(dim=0))
     return original, out

@@ -33,6 +33,7 @@ __all__ = [
     "extract_features",
     "feature_set",
     "train_probe",
+    "train_probes",
     "linear_probe",
     "linear_cka",
     "mean_cosine",
@@ -184,27 +185,60 @@ def feature_set(model: torch.nn.Module, train_loader: Iterable[Any], test_loader
 def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, *, num_classes: int | None = None,
                 seed: int = 0, epochs: int = 5, lr: float = 1e-3, batch_size: int = 256) -> torch.nn.Linear:
     """Frozen features + labels → one `nn.Linear` classifier (Adam, cross-entropy, seeded)."""
+    return train_probes([train_x], train_y, num_classes=num_classes, seed=seed, epochs=epochs, lr=lr,
+                        batch_size=batch_size)[0]
+
+
+def train_probes(train_xs: Sequence[torch.Tensor], train_y: torch.Tensor, *, num_classes: int | None = None,
+                 seed: int = 0, epochs: int = 5, lr: float = 1e-3, batch_size: int = 256,
+                 device: torch.device | str | None = None) -> list[torch.nn.Linear]:
+    """P feature sets `(N, d_p)` of the same samples + labels → P `nn.Linear` probes (CPU), trained at once.
+
+    Each probe is the one `train_probe` trains alone with the same seed (same initialisation, same
+    mini-batch order; Adam is elementwise, so stacking the weights and summing the losses changes
+    nothing but the speed). Feature sets of different widths are zero-padded (zero columns get
+    zero gradients). `device`: where to train (e.g. "cuda"); default CPU.
+    """
     num_classes = int(num_classes or int(train_y.max()) + 1)
+    device = torch.device(device or "cpu")
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    probe = torch.nn.Linear(train_x.shape[1], num_classes)
-    opt = torch.optim.Adam(probe.parameters(), lr=lr)
-    x, y = train_x.float().cpu(), train_y.long().cpu()
+    width = max(x.shape[1] for x in train_xs)
+    inits = []
+    for x in train_xs:
+        torch.manual_seed(seed)
+        inits.append(torch.nn.Linear(x.shape[1], num_classes))
+    weight = torch.zeros(len(train_xs), width, num_classes)
+    for w, init in zip(weight, inits):
+        w[:init.in_features] = init.weight.detach().T
+    weight = weight.to(device).requires_grad_()
+    bias = torch.stack([init.bias.detach() for init in inits]).unsqueeze(1).to(device).requires_grad_()
+    x = torch.stack([torch.nn.functional.pad(t.float(), (0, width - t.shape[1])) for t in train_xs]).to(device)
+    y = train_y.long().to(device)
+    opt = torch.optim.Adam([weight, bias], lr=lr)
     threads = torch.get_num_threads()
-    # the steps are tiny: one thread is fastest, and far faster on a busy machine (no spin-waits)
-    torch.set_num_threads(1)
+    # one probe's steps are tiny: one thread is fastest, and far faster on a busy machine (no spin-waits)
+    if len(train_xs) == 1:
+        torch.set_num_threads(1)
     try:
         for _ in range(epochs):
-            order = torch.randperm(len(x), generator=gen)
-            for start in range(0, len(x), batch_size):
+            order = torch.randperm(x.shape[1], generator=gen).to(device)
+            for start in range(0, x.shape[1], batch_size):
                 idx = order[start:start + batch_size]
-                loss = torch.nn.functional.cross_entropy(probe(x[idx]), y[idx])
+                logits = torch.baddbmm(bias, x[:, idx], weight)  # (P, B, C)
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y[idx].repeat(len(train_xs)),
+                                                         reduction="sum") / len(idx)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
     finally:
         torch.set_num_threads(threads)
-    return probe.eval()
+    probes = []
+    for w, b, init in zip(weight.detach().cpu(), bias.detach().cpu(), inits):
+        with torch.no_grad():
+            init.weight.copy_(w[:init.in_features].T)
+            init.bias.copy_(b[0])
+        probes.append(init.eval())
+    return probes
 
 
 def linear_probe(features: FeatureSet, *, seeds: Sequence[int] = PAPER_SEEDS, epochs: int = 5,

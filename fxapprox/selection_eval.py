@@ -5,7 +5,9 @@ linear error, every metric on all tokens, the k-fold `heldout` residual and the 
 of the final features on held-out calibration samples), and its real damage is measured with
 the low-noise ground truth of `fxapprox.damage` on the test split (probe agreement with the
 original model, accuracy ± SE over seeds, CKA / cosine). The result ranks the scores by P@k /
-R@k (bootstrap intervals) and Spearman ρ, and compares, for `num_blocks = 1..4`, the spans
+R@k (bootstrap intervals) against the least-disagreement and the least-accuracy-drop spans, and
+Spearman ρ; it also measures every span replaced by the identity, the accuracy of chosen spans
+fitted on 10…1000 samples (TOAST Figure 5), and compares, for `num_blocks = 1..4`, the spans
 chosen with the best score against the papers' Algorithm 1 top-1 span.
 """
 
@@ -14,14 +16,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from fxapprox.damage import Damage, measure_damage, probe_accuracy, probe_predictions
+from fxapprox.prepare import model_device
 from fxapprox.ranking import bootstrap_at_k, spearman
 from fxapprox.span_features import output_errors, span_features
 from fxapprox.spans import all_spans
@@ -49,6 +52,9 @@ class SelectEvalConfig:
     k: int = 5
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int = 30            # the papers' 5 epochs underfit on subsets (5 × 8 steps at 2,000 samples)
+    identity: bool = True       # also measure every span replaced by the identity
+    sample_sizes: tuple[int, ...] = ()         # fit-sample ablation (TOAST Figure 5), e.g. (10, 50, 100, 500, 1000)
+    ablation_spans: tuple[Span, ...] | None = None  # spans of the ablation; None: every single-block span
     selection_blocks: tuple[int, ...] = (1, 2, 3, 4)
     bootstrap: int = 1000
 
@@ -67,44 +73,67 @@ def _costs_from_matrix(an, metric: str, spans: list[Span]) -> dict[Span, float]:
 
 def _rank_row(name: str, costs: dict[Span, float], damage: dict[Span, Damage], k: int, rounds: int) -> dict:
     spans = [sp for sp in costs if sp in damage]
-    at = bootstrap_at_k({sp: costs[sp] for sp in spans}, {sp: damage[sp].disagreement for sp in spans}, k,
-                        rounds=rounds)
+    costs = {sp: costs[sp] for sp in spans}
+    agree = bootstrap_at_k(costs, {sp: damage[sp].disagreement for sp in spans}, k, rounds=rounds)
+    drop = bootstrap_at_k(costs, {sp: damage[sp].errors for sp in spans}, k, rounds=rounds)
     dis = [1 - damage[sp].agreement for sp in spans]
-    drop = [-damage[sp].probe.mean for sp in spans]
-    return {"score": name, "spans": len(spans), "p_at_k": at.precision, "p_ci": at.precision_ci,
-            "r_at_k": at.recall, "r_ci": at.recall_ci,
+    acc_drop = [-damage[sp].probe.mean for sp in spans]
+    return {"score": name, "spans": len(spans), "p_at_k": agree.precision, "p_ci": agree.precision_ci,
+            "r_at_k": agree.recall, "r_ci": agree.recall_ci,
+            "p_at_k_accuracy_drop": drop.precision, "p_ci_accuracy_drop": drop.precision_ci,
             "rho_disagreement": spearman([costs[sp] for sp in spans], dis),
-            "rho_accuracy_drop": spearman([costs[sp] for sp in spans], drop),
+            "rho_accuracy_drop": spearman([costs[sp] for sp in spans], acc_drop),
             "top": sorted(spans, key=lambda sp: costs[sp])[:k]}
 
 
-def select_eval(model: torch.nn.Module, model_name: str, dataset: Any, cfg: SelectEvalConfig,
-                on_ranking: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Scores, ground truth, ranking quality and selections → one JSON-ready dict.
+def _probe_summary(preds: torch.Tensor, labels: torch.Tensor, ref_preds: torch.Tensor, cfg, n_train: int) -> dict:
+    probe = probe_accuracy(preds, labels, cfg.seeds, n_train)
+    return {"accuracy": probe.mean, "stderr": probe.stderr, "std": probe.std,
+            "agreement": float((preds == ref_preds).float().mean())}
 
-    `on_ranking(result)` is called once the ranking is known, before the (slower) selections.
+
+def select_eval(model: torch.nn.Module, model_name: str, dataset: Any, cfg: SelectEvalConfig, *,
+                preprocessor: Any = None,
+                on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Scores, ground truth, ranking quality, identity, sample-size ablation and selections → one
+    JSON-ready dict.
+
+    The data go through `preprocessor` (see `fxapprox.data.make_preprocessor`), by default the one
+    `model_name` implies. `on_progress(result)` is called after every stage (ranking, identity,
+    each ablation size, each selection size) with the result so far, so a long run that is cut
+    short keeps what it finished. The train and test loaders are materialised once (their
+    preprocessed tensors are held in memory).
     """
     import fxapprox
     from fxapprox import data
     from fxapprox.evaluate import extract_features
     from fxapprox.select import best_spans
 
-    def loader(split, n, seed, labels=False):
-        return data.data_loader(model_name, dataset, split=split, num_samples=n, batch_size=cfg.batch_size,
-                                size=cfg.size, seed=seed, with_labels=labels)
+    proc = preprocessor if preprocessor is not None else model_name
 
-    calib = data.calibration_loader(model_name, dataset, num_samples=cfg.samples, batch_size=cfg.batch_size,
+    def loader(split, n, seed, labels=False):
+        return list(data.data_loader(proc, dataset, split=split, num_samples=n, batch_size=cfg.batch_size,
+                                     size=cfg.size, seed=seed, with_labels=labels))
+
+    def report():
+        if on_progress is not None:
+            on_progress(result)
+
+    device = model_device(model)
+    probe_kw = dict(seeds=cfg.seeds, epochs=cfg.epochs, device=device, progress=False)
+    calib_samples = max((cfg.samples, *cfg.sample_sizes))
+    calib = data.calibration_loader(proc, dataset, num_samples=calib_samples, batch_size=cfg.batch_size,
                                     size=cfg.size, seed=0)
     paper = fxapprox.analyze(model, calib, num_samples=cfg.paper_samples, tokens="cls")
-    ours = fxapprox.analyze(model, calib, num_samples=cfg.samples, tokens="all", holdout_folds=cfg.folds)
+    ours = fxapprox.analyze(model, calib, num_samples=cfg.samples, tokens="all", holdout_folds=cfg.folds,
+                            flops=True)
     cls_heldout = fxapprox.analyze(model, calib, num_samples=cfg.samples, tokens="cls", holdout_folds=cfg.folds)
     spans = [sp for sp in all_spans(ours.num_blocks, cfg.max_len)]
-    feats = span_features(model, calib, spans, {
-        "heldout": loader("train", cfg.output_samples, seed=1),
-        "train": loader("train", cfg.train_samples, seed=2, labels=True),
-        "test": loader("test", cfg.test_samples, seed=3, labels=True),
-    }, num_samples=cfg.samples)
-    original, damage = measure_damage(feats, seeds=cfg.seeds, epochs=cfg.epochs)
+    probe_data = {"train": loader("train", cfg.train_samples, seed=2, labels=True),
+                  "test": loader("test", cfg.test_samples, seed=3, labels=True)}
+    feats = span_features(model, calib, spans, {"heldout": loader("train", cfg.output_samples, seed=1),
+                                                **probe_data}, num_samples=cfg.samples)
+    original, damage = measure_damage(feats, **probe_kw)
     scores: dict[str, dict[Span, float]] = {
         f"linear (cls, {paper.samples}) [papers]": _costs_from_matrix(paper, "linear", spans),
         f"heldout (cls, {cls_heldout.samples})": _costs_from_matrix(cls_heldout, "heldout", spans),
@@ -117,69 +146,152 @@ def select_eval(model: torch.nn.Module, model_name: str, dataset: Any, cfg: Sele
     ranking_single = [_rank_row(name, {sp: v for sp, v in c.items() if sp in single}, damage, cfg.k, cfg.bootstrap)
                       for name, c in scores.items() if any(sp in single for sp in c)]
     best = max(ranking, key=lambda r: (r["rho_disagreement"] if not math.isnan(r["rho_disagreement"]) else -2))
-    selections: list[dict[str, Any]] = []
+    total_params, total_flops = ours.total_params, ours.total_flops
+    span_rows = []
+    for sp in spans:
+        params, flops = ours.savings(*sp, "linear")
+        id_params, id_flops = ours.savings(*sp, "identity")
+        span_rows.append({"span": list(sp), **damage[sp].to_dict(), "scores": {n: c.get(sp) for n, c in scores.items()},
+                          "params_removed": params, "flops_removed": flops,
+                          "params_removed_identity": id_params, "flops_removed_identity": id_flops})
     result = {
-        "model": model_name, "config": asdict(cfg),
-        "original": original.to_dict(),
-        "spans": [{"span": list(sp), **damage[sp].to_dict(),
-                   "scores": {n: c.get(sp) for n, c in scores.items()}} for sp in spans],
+        "model": model_name, "config": asdict(cfg), "total_params": total_params, "total_flops": total_flops,
+        "original": original.to_dict(), "spans": span_rows,
         "ranking": ranking, "ranking_single_block": ranking_single, "best_score": best["score"],
-        "selections": selections,
+        "sample_sizes": [], "selections": [],
     }
-    if on_ranking is not None:
-        on_ranking(result)
-    train, test = loader("train", cfg.train_samples, 2, True), loader("test", cfg.test_samples, 3, True)
-    ytr, yte = feats.labels["train"], feats.labels["test"]
+    report()
+    original_sets = [(feats.original["train"], feats.original["test"])]
+    del feats
+    if cfg.identity:
+        id_feats = span_features(model, calib, spans, probe_data, transform="identity", num_samples=cfg.samples)
+        _, id_damage = measure_damage(id_feats, **probe_kw)
+        for row, sp in zip(span_rows, spans):
+            row["identity"] = id_damage[sp].to_dict()
+        del id_feats
+        report()
+    ablation_spans = list(cfg.ablation_spans or single)
+    for n in cfg.sample_sizes:
+        n_feats = span_features(model, calib, ablation_spans, probe_data, num_samples=n)
+        _, n_damage = measure_damage(n_feats, **probe_kw)
+        result["sample_sizes"].append({"samples": n, "spans": [{"span": list(sp), **n_damage[sp].to_dict()}
+                                                               for sp in ablation_spans]})
+        del n_feats
+        report()
+    train, test = probe_data["train"], probe_data["test"]
+    ytr = torch.cat([b["labels"] for b in train])
+    yte = torch.cat([b["labels"] for b in test])
     num_classes = int(max(ytr.max(), yte.max())) + 1
-    ref_preds = probe_predictions(feats.original["train"], ytr, feats.original["test"], cfg.seeds, num_classes,
-                                  epochs=cfg.epochs)
     for k in cfg.selection_blocks:
         chosen = {"papers top-1 (linear, cls)": [tuple(paper.top_k(1, span_len=k, metric="linear")[0][:2])],
                   f"best score DP ({best['score']})": best_spans(scores[best["score"]], ours.num_blocks, k)}
-        for label, sel in chosen.items():
+        sets = []
+        for sel in chosen.values():
             res = fxapprox.compress(model, calib, spans=sel, num_samples=cfg.samples, progress=False)
-            tr, _ = extract_features(res.module, train, desc="train features")
-            te, _ = extract_features(res.module, test, desc="test features")
-            preds = probe_predictions(tr, ytr, te, cfg.seeds, num_classes, epochs=cfg.epochs)
-            probe = probe_accuracy(preds, yte, cfg.seeds, len(ytr))
-            selections.append({"num_blocks": k, "selector": label, "spans": [list(s) for s in res.spans],
-                               "accuracy": probe.mean, "stderr": probe.stderr, "std": probe.std,
-                               "agreement": float((preds == ref_preds).float().mean())})
+            sets.append((extract_features(res.module, train, desc="train features")[0],
+                         extract_features(res.module, test, desc="test features")[0]))
+        preds = probe_predictions(original_sets + sets, ytr, cfg.seeds, num_classes, epochs=cfg.epochs,
+                                  device=device)
+        for (label, sel), p in zip(chosen.items(), preds[1:]):
+            result["selections"].append({"num_blocks": k, "selector": label, "spans": [list(s) for s in sel],
+                                         **_probe_summary(p, yte, preds[0], cfg, len(ytr))})
+        report()
     return result
 
 
+def _pm(probe: dict[str, Any]) -> str:
+    return f"{100 * probe['mean']:.2f} ± {100 * probe['std']:.2f}"
+
+
+def _millions(v: float | None) -> str:
+    return "–" if v is None else f"{v / 1e6:.2f} M"
+
+
+def _span_table(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """Papers' table format: span, parameters and FLOPs removed, accuracy with identity and linear."""
+    tp, tf = result["total_params"], result["total_flops"]
+    lines = ["| span | params removed (linear) | FLOPs removed (linear) | identity acc. (%) | linear acc. (%) | "
+             "agreement | frozen-probe agreement | CKA | cosine |", "|---|---|---|---|---|---|---|---|---|"]
+    for sp in rows:
+        flops = "–" if sp["flops_removed"] is None or not tf else f"{100 * sp['flops_removed'] / tf:.1f} %"
+        ident = _pm(sp["identity"]["probe"]) if "identity" in sp else "–"
+        lines.append(f"| {sp['span'][0]} → {sp['span'][1]} | {_millions(sp['params_removed'])} "
+                     f"({100 * sp['params_removed'] / tp:.1f} %) | {flops} | {ident} | {_pm(sp['probe'])} | "
+                     f"{sp['agreement']:.4f} | {sp['frozen_agreement']:.4f} | {sp['cka']:.4f} | {sp['cosine']:.4f} |")
+    return lines
+
+
 def write_report(result: dict[str, Any], out: Path) -> None:
-    """JSON, markdown table and score-vs-damage plot into directory `out`."""
+    """JSON, markdown tables and plots (score vs damage; sample-size ablation) into directory `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "select_eval.json").write_text(json.dumps(result, indent=2, default=list) + "\n")
-    k = result["config"]["k"]
+    cfg = result["config"]
+    k = cfg["k"]
     o = result["original"]["probe"]
     lines = [f"# Span scores vs measured damage: {result['model']}", "",
-             f"Original probe accuracy {o['mean']:.4f} ± {o['stderr']:.4f} (SE, seeds {o['seeds']}), "
-             f"{o['num_train']} train / {o['num_test']} test samples.", "",
-             f"Ground truth: per-sample disagreement of the probe predictions with the original model's "
-             f"(same seeds). P@{k} = R@{k} here (both top lists have {k} entries); 95% bootstrap intervals.", ""]
-    for title, rows in (("All spans up to %d blocks" % result["config"]["max_len"], result["ranking"]),
+             f"Original probe accuracy {_pm(o)} % (mean ± std over seeds {o['seeds']}; SE "
+             f"{100 * o['stderr']:.2f}), {o['num_train']} train / {o['num_test']} test samples, {cfg['size']} px "
+             f"(images), {cfg['epochs']} probe epochs; maps fitted on {cfg['samples']} calibration samples.", "",
+             f"Ground truth: the {k} spans whose probe predictions disagree least with the original model's (same "
+             f"seeds), and, as in TOAST Table 10, the {k} spans with the smallest accuracy drop. P@{k} = R@{k} here "
+             f"(both top lists have {k} entries); 95% bootstrap intervals over the test samples.", ""]
+    for title, rows in (("All spans up to %d blocks" % cfg["max_len"], result["ranking"]),
                         ("Single-block spans", result["ranking_single_block"])):
-        lines += [f"## {title}", "", f"| score | spans | P@{k} | 95% CI | Spearman ρ (disagreement) | "
-                  "Spearman ρ (accuracy drop) |", "|---|---|---|---|---|---|"]
+        lines += [f"## Scores: {title}", "", f"| score | spans | P@{k} (agreement) | 95% CI | P@{k} (accuracy drop) | "
+                  "95% CI | Spearman ρ (disagreement) | Spearman ρ (accuracy drop) |", "|---|---|---|---|---|---|---|---|"]
         for r in sorted(rows, key=lambda r: -(r["rho_disagreement"] if not math.isnan(r["rho_disagreement"]) else -2)):
             lines.append(f"| {r['score']} | {r['spans']} | {r['p_at_k']:.2f} | {r['p_ci'][0]:.2f}–{r['p_ci'][1]:.2f} | "
-                         f"{r['rho_disagreement']:.3f} | {r['rho_accuracy_drop']:.3f} |")
+                         f"{r['p_at_k_accuracy_drop']:.2f} | {r['p_ci_accuracy_drop'][0]:.2f}–"
+                         f"{r['p_ci_accuracy_drop'][1]:.2f} | {r['rho_disagreement']:.3f} | {r['rho_accuracy_drop']:.3f} |")
         lines.append("")
-    lines += ["## Selections", "", "| blocks | selector | spans | accuracy ± SE | agreement |", "|---|---|---|---|---|"]
-    for s in result["selections"]:
-        spans = ", ".join(f"{a} → {b}" for a, b in s["spans"])
-        lines.append(f"| {s['num_blocks']} | {s['selector']} | {spans} | {s['accuracy']:.4f} ± {s['stderr']:.4f} | "
-                     f"{s['agreement']:.4f} |")
-    lines += ["", "## Measured damage per span", "", "| span | accuracy ± SE | agreement | frozen-probe agreement | CKA | cosine |",
-              "|---|---|---|---|---|---|"]
-    for sp in result["spans"]:
-        p = sp["probe"]
-        lines.append(f"| {sp['span'][0]} → {sp['span'][1]} | {p['mean']:.4f} ± {p['stderr']:.4f} | {sp['agreement']:.4f} | "
-                     f"{sp['frozen_agreement']:.4f} | {sp['cka']:.4f} | {sp['cosine']:.4f} |")
+    single = [sp for sp in result["spans"] if sp["span"][1] - sp["span"][0] == 1]
+    multi = [sp for sp in result["spans"] if sp["span"][1] - sp["span"][0] > 1]
+    lines += ["## Single-block spans (papers' table format)", "",
+              f"Accuracy mean ± std over seeds; original {_pm(o)} %. Agreement etc. are for the linear map.", ""]
+    lines += _span_table(result, single) + [""]
+    if result["sample_sizes"]:
+        sizes = [r["samples"] for r in result["sample_sizes"]]
+        lines += ["## Sample-size ablation (TOAST Figure 5)", "",
+                  "Linear accuracy (%) of each span fitted on the first n calibration samples (agreement in brackets).",
+                  "", "| span | " + " | ".join(f"n = {n}" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+        for i, sp in enumerate(result["sample_sizes"][0]["spans"]):
+            cells = [f"{_pm(r['spans'][i]['probe'])} ({r['spans'][i]['agreement']:.3f})" for r in result["sample_sizes"]]
+            lines.append(f"| {sp['span'][0]} → {sp['span'][1]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if result["selections"]:
+        lines += ["## Selections", "", "| blocks | selector | spans | accuracy ± SE (%) | agreement |",
+                  "|---|---|---|---|---|"]
+        for s in result["selections"]:
+            spans = ", ".join(f"{a} → {b}" for a, b in s["spans"])
+            lines.append(f"| {s['num_blocks']} | {s['selector']} | {spans} | {100 * s['accuracy']:.2f} ± "
+                         f"{100 * s['stderr']:.2f} | {s['agreement']:.4f} |")
+        lines.append("")
+    lines += ["## Multi-block spans", ""] + _span_table(result, multi)
     (out / "select_eval.md").write_text("\n".join(lines) + "\n")
     _plot(result, out / "select_eval.png")
+    if result["sample_sizes"]:
+        _plot_sample_sizes(result, out / "sample_sizes.png")
+
+
+def _plot_sample_sizes(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [r["samples"] for r in result["sample_sizes"]]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
+    for i, sp in enumerate(result["sample_sizes"][0]["spans"]):
+        acc = [100 * r["spans"][i]["probe"]["mean"] for r in result["sample_sizes"]]
+        ax.plot(sizes, acc, marker="o", label=f"{sp['span'][0]} → {sp['span'][1]}")
+    ax.axhline(100 * result["original"]["probe"]["mean"], color="black", linestyle="--", label="original")
+    ax.set_xscale("log")
+    ax.set_xlabel("calibration samples for the fit")
+    ax.set_ylabel("linear-probe accuracy (%)")
+    ax.set_title(f"{result['model']}: accuracy vs fit samples (linear map)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _plot(result: dict[str, Any], path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fxapprox.spans import parse_spans
+
 __all__ = ["add_parser", "run"]
 
 
@@ -15,8 +17,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Scores every span of up to --max-len blocks with every score (papers' [CLS] linear "
         "error, all-token metrics, k-fold held-out residual, output error), measures each span's damage "
         "on the test split (probe agreement with the original, accuracy ± SE over seeds, CKA, cosine), "
-        "and reports P@k / R@k with bootstrap intervals and Spearman ρ per score, plus num_blocks=1..4 "
-        "selections by the best score vs the papers' Algorithm 1. Heavy: use a GPU for whole splits.",
+        "and reports P@k / R@k with bootstrap intervals (against the least-disagreement and the "
+        "least-accuracy-drop spans) and Spearman ρ per score; then every span replaced by the identity, "
+        "an optional fit-sample ablation (--sample-sizes) and num_blocks=1..4 selections by the best score "
+        "vs the papers' Algorithm 1. The report is rewritten after every stage. Heavy: use a GPU for whole "
+        "splits.",
     )
     p.add_argument("model", help="built-in model name, Hugging Face model directory or hub id")
     p.add_argument("--data", required=True, help="built-in dataset name or directory")
@@ -28,7 +33,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=30, help="probe epochs (default 30: the papers' 5 underfit "
                    "on subsets)")
-    p.add_argument("--selection-blocks", default="1,2,3,4", help="num_blocks values to compare selections at")
+    p.add_argument("--no-identity", action="store_true", help="skip measuring every span replaced by the identity")
+    p.add_argument("--sample-sizes", default="", help="fit-sample ablation (TOAST Figure 5), comma-separated, "
+                   "e.g. 10,50,100,500,1000 (default: none)")
+    p.add_argument("--ablation-spans", type=parse_spans, default=None, help="spans of the sample-size ablation, e.g. 0-1,9-10 "
+                   "(default: every single-block span)")
+    p.add_argument("--selection-blocks", default="1,2,3,4", help="num_blocks values to compare selections at "
+                   "('' to skip)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the P@k intervals")
     p.add_argument("--out", required=True, help="directory for select_eval.{md,json,png}")
     p.set_defaults(func=run)
@@ -43,14 +54,16 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = SelectEvalConfig(samples=args.samples, train_samples=args.train or None, test_samples=args.test or None,
                            size=args.size, max_len=args.max_len, batch_size=args.batch_size, bootstrap=args.bootstrap,
-                           epochs=args.epochs,
+                           epochs=args.epochs, identity=not args.no_identity,
+                           sample_sizes=tuple(int(n) for n in args.sample_sizes.split(",") if n),
+                           ablation_spans=tuple(args.ablation_spans) if args.ablation_spans else None,
                            selection_blocks=tuple(int(k) for k in args.selection_blocks.split(",") if k))
     model = assets.load_model(args.model)
     if torch.cuda.is_available():
         model = model.cuda()
     out = Path(args.out)
     result = select_eval(model, args.model, assets.load_dataset(args.data), cfg,
-                         on_ranking=lambda partial: write_report(partial, out))
+                         on_progress=lambda partial: write_report(partial, out))
     write_report(result, out)
     print((Path(args.out) / "select_eval.md").read_text())
     print(f"report written to {Path(args.out).resolve()}")
