@@ -24,6 +24,7 @@ def test_demo_writes_a_complete_report(tmp_path):
     for name in ("report.md", "heatmap.png", "original.onnx", "compressed-linear.onnx", "analysis.json"):
         assert (out / name).stat().st_size > 0
     assert (out / "plan-linear" / "plan.json").is_file()
+    assert "chosen by the output score" in (out / "report.md").read_text()
 
 
 def test_demo_refuses_a_non_empty_directory(tmp_path, capsys):

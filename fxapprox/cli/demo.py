@@ -21,6 +21,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default 112; 224 with --full)")
     p.add_argument("--samples", type=int, default=None, help="calibration samples (default 256; 500 with --full)")
     p.add_argument("--num-blocks", type=int, default=2, help="blocks to remove (default: 2)")
+    p.add_argument("--metric", default="output", help="score that chooses the spans (default: output, the "
+                   "final-feature error, which predicts real damage best; linear: the papers' error)")
     p.add_argument("--full", action="store_true", help="the papers' protocol: 224 px, 500 samples, whole "
                    "splits (meant for a GPU)")
     p.add_argument("--out", default=None, help="report directory (default: ./fxapprox-demo-DATE-TIME)")
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from fxapprox.demo import DemoConfig, run_demo
 
     overrides = {k: v for k, v in {"model": args.model, "data": args.data, "size": args.size,
-                                   "samples": args.samples, "num_blocks": args.num_blocks}.items() if v is not None}
+                                   "samples": args.samples, "num_blocks": args.num_blocks, "metric": args.metric}.items() if v is not None}
     cfg = DemoConfig.full(**overrides) if args.full else DemoConfig(**overrides)
     run_demo(cfg, args.out, overwrite=args.overwrite)
     return 0
