@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the README's "Results on real weights" tables: three select-eval reports
 # (markdown + JSON + plots) under OUT (default ./results). Heavy: the first two are sized for a
-# GPU (about 5 and 2.5 minutes on one H100); the third for two CPU cores (about 40 minutes).
+# GPU (about 5 and 2.5 minutes on one H100); the third for two CPU cores (about 30 minutes).
 # Fashion-MNIST needs `apt-get install dataset-fashion-mnist` (or pass its directory as --data).
 set -euo pipefail
 OUT=${1:-results}
