@@ -21,10 +21,11 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 from bench_compress import _batches, _model
+
+from fxapprox.cli.common import write_json
 
 
 def _rss_mib() -> float:
@@ -77,8 +78,6 @@ def timing(samples: int, batch: int, repeats: int, heatmap: str | None = None) -
 
 def memory_case(samples: int, batch: int, tokens: str) -> dict:
     """Peak RSS of one analyze() in this (fresh) process."""
-    import fxapprox  # noqa: F401 (imported before the baseline is read)
-
     model = _model()
     before = _rss_mib()
     t0 = time.perf_counter()
@@ -122,7 +121,7 @@ def main() -> None:
         report["peak_rss_ratio"] = round(memory[-1]["peak_rss_mib"] / memory[0]["peak_rss_mib"], 3)
     print(json.dumps(report, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

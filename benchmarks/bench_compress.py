@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from fxapprox.cli.common import write_json
+
 
 def _model():
     from transformers import ViTConfig, ViTModel
@@ -86,11 +88,9 @@ def main() -> None:
         "compress_select_vs_forward": round(results[2]["seconds"] / forward, 3),
         "peak_rss_ratio_4x_samples": round(results[3]["peak_rss_mib"] / results[1]["peak_rss_mib"], 3),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
+    print(json.dumps(report, indent=2))
     if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

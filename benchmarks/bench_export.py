@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from fxapprox.cli.common import write_json
+
 log = logging.getLogger("bench_export")
 
 SPANS = [(3, 5), (8, 10)]
@@ -125,10 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         report = compare(captured, res, example.to(device), batch_sizes=sizes, warmup=args.warmup,
                          iters=args.iters, threads=args.threads, device=device, flop_speedup=flops["flop_ratio"])
         out["torch_captured_baseline"] = _summary(report)
-    text = json.dumps(out, indent=2)
-    print(text)
+    print(json.dumps(out, indent=2))
     if args.json:
-        args.json.write_text(text + "\n")
+        write_json(args.json, out)
     return 0
 
 

@@ -22,6 +22,8 @@ import time
 import torch
 from bench_compress import _batches, _model
 
+from fxapprox.cli.common import write_json
+
 
 def _best(fn, repeats: int, device: torch.device) -> float:
     times = []
@@ -76,11 +78,9 @@ def main() -> None:
         **{f"{score}_extra_vs_forward": round((seconds[f"analyze-all-{score}"] - seconds["analyze-all"])
                                               / seconds["forward"], 2) for score in ("heldout", "output")},
     }
-    text = json.dumps(report, indent=2)
-    print(text)
+    print(json.dumps(report, indent=2))
     if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text + "\n")
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":
