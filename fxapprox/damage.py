@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fxapprox.evaluate import PAPER_SEEDS, ProbeResult, linear_cka, mean_cosine, train_probe, train_probes
+from fxapprox.evaluate import PAPER_SEEDS, ProbeResult, linear_cka, mean_cosine, train_probes
 from fxapprox.span_features import SpanFeatures
 
 __all__ = ["Damage", "measure_damage", "probe_predictions", "probe_accuracy"]
@@ -47,16 +47,17 @@ class Damage:
 
 
 def probe_predictions(feature_sets: Sequence[tuple[torch.Tensor, torch.Tensor]], train_y: torch.Tensor, seeds,
-                      num_classes: int, device=None, **kw) -> torch.Tensor:
+                      num_classes: int, device=None, **kw) -> tuple[torch.Tensor, list[torch.nn.Linear]]:
     """P `(train, test)` feature sets → `(P, seeds, N_test)` predictions of one probe per set and seed
-    (all sets of one seed trained at once, see `train_probes`)."""
-    preds = []
+    (all sets of one seed trained at once, see `train_probes`), and the first seed's P probes."""
+    preds, first = [], []
     for seed in seeds:
         probes = train_probes([tr for tr, _ in feature_sets], train_y, num_classes=num_classes, seed=seed,
                               device=device, **kw)
+        first = first or probes
         with torch.no_grad():
             preds.append(torch.stack([p(te.float()).argmax(dim=1) for p, (_, te) in zip(probes, feature_sets)]))
-    return torch.stack(preds, dim=1)
+    return torch.stack(preds, dim=1), first
 
 
 def probe_accuracy(preds: torch.Tensor, labels: torch.Tensor, seeds, n_train: int) -> ProbeResult:
@@ -78,9 +79,8 @@ def measure_damage(feats: SpanFeatures, *, seeds: Sequence[int] = PAPER_SEEDS, t
     spans = list(feats.replaced)
     sets = [(ref_train, ref_test)] + [(feats.replaced[sp][train], feats.replaced[sp][test]) for sp in spans]
     log.info("probing %d feature sets × %d seeds", len(sets), len(seeds))
-    preds = probe_predictions(sets, ytr, seeds, num_classes, device=device, **kw)
-    ref_preds = preds[0]
-    ref_probe = train_probe(ref_train, ytr, num_classes=num_classes, seed=seeds[0], **kw)
+    preds, first_probes = probe_predictions(sets, ytr, seeds, num_classes, device=device, **kw)
+    ref_preds, ref_probe = preds[0], first_probes[0]
     original = Damage(None, probe_accuracy(ref_preds, yte, seeds, len(ytr)),
                       errors=(ref_preds != yte).float().mean(dim=0))
     out = {}

@@ -190,7 +190,7 @@ def select_eval(model: torch.nn.Module, model_name: str, dataset: Any, cfg: Sele
             res = fxapprox.compress(model, calib, spans=sel, num_samples=cfg.samples, progress=False)
             sets.append((extract_features(res.module, train, desc="train features")[0],
                          extract_features(res.module, test, desc="test features")[0]))
-        preds = probe_predictions(original_sets + sets, ytr, cfg.seeds, num_classes, epochs=cfg.epochs,
+        preds, _ = probe_predictions(original_sets + sets, ytr, cfg.seeds, num_classes, epochs=cfg.epochs,
                                   device=device)
         for (label, sel), p in zip(chosen.items(), preds[1:]):
             result["selections"].append({"num_blocks": k, "selector": label, "spans": [list(s) for s in sel],
