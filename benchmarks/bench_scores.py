@@ -47,8 +47,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import fxapprox
-    from fxapprox.span_features import span_features
     from fxapprox.spans import all_spans
+    from fxapprox.study.span_features import span_features
 
     device = torch.device(args.device)
     model, n, b = _model().to(device), args.samples, args.batch

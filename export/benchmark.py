@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fxapprox.errors import ExportError, ProviderUnavailableError
-from fxapprox.inputs import ModelInputs, as_model_inputs
 from fxapprox.capture import conform_inputs
+from fxapprox.errors import ExportError, ProviderUnavailableError
 from fxapprox.export.onnx import _set_eval, _unwrap, ort_feed, resize_inputs
+from fxapprox.inputs import ModelInputs, as_model_inputs
 
 __all__ = ["Timing", "BenchResult", "benchmark", "compare", "resolve_providers", "onnx_example_inputs"]
 

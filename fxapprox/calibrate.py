@@ -121,7 +121,7 @@ def split_samples(batches: Iterator[ModelInputs], n: int) -> tuple[Iterator[Mode
             if batch is None:
                 return
             if batch.batch_size > left:
-                straddled.append(batch.map_tensors(lambda t: t[left:]))
+                straddled.append(batch.map_tensors(lambda t, k=left: t[k:]))
                 batch = batch.take(left)
             left -= batch.batch_size
             yield batch

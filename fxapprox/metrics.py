@@ -32,7 +32,6 @@ from fxapprox.errors import SpanError
 from fxapprox.fit import DEFAULT_RIDGE, NO_VARIANCE, identity_residual
 from fxapprox.stats import BoundaryMoments, FoldedMoments
 
-
 __all__ = ["METRICS", "MetricInfo", "METRIC_INFO", "score", "cost", "score_matrix", "check_metric",
            "linear_residuals", "heldout_residuals", "heldout_matrix"]
 

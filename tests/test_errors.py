@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 from tiny_models import IN_FEATURES, TOKENS, Block, tiny_batches, tiny_net
+from torch import nn
 
 import fxapprox
 from fxapprox.errors import (

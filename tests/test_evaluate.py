@@ -1,4 +1,4 @@
-"""fxapprox.evaluate: pooling, the papers' linear probe, fidelity; real compressed models stay faithful."""
+"""fxapprox.study.evaluate: the papers' linear probe, fidelity; real compressed models stay faithful."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-from fxapprox import evaluate as ev
+from fxapprox.study import evaluate as ev
 
 
 def _blobs(n: int, num_classes: int = 4, dim: int = 8, seed: int = 0, spread: float = 6.0):
@@ -63,23 +63,6 @@ def test_probe_statistics():
     assert math.isclose(res.mean, 0.9) and math.isclose(res.std, 0.1)
     assert math.isclose(res.stderr, math.sqrt(0.9 * 0.1 / 100))
     assert res.to_dict()["mean"] == res.mean and "±" in str(res)
-
-
-def test_cls_and_masked_mean_pooling():
-    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [1e6, 1e6]]])
-    mask = torch.tensor([[1, 1, 0]])
-    assert ev.pool_features(hidden, None).tolist() == [[1.0, 2.0]]
-    assert ev.pool_features(hidden, mask).tolist() == [[2.0, 3.0]]
-    assert ev.pool_features(hidden, None, "mean")[0, 0] > 1e5
-    with pytest.raises(ValueError, match="pooling"):
-        ev.pool_features(hidden, None, "max")
-
-
-@pytest.mark.parametrize("wrap", [lambda h: h, lambda h: (h, None), lambda h: {"last_hidden_state": h},
-                                  lambda h: BaseModelOutput(last_hidden_state=h)])
-def test_last_hidden_state_from_any_output(wrap):
-    h = torch.ones(1, 2, 3)
-    assert ev.last_hidden_state(wrap(h)) is h
 
 
 def test_extract_features_pools_under_the_mask_and_collects_labels():
@@ -154,7 +137,7 @@ DINO_SPAN, DINO_SIZE, DINO_MIN_COSINE, DINO_MIN_CKA = (1, 2), 56, 0.97, 0.8
 
 def _fidelity_after_compress(model_name: str, data_name: str, span, *, size: int, calib: int, test: int):
     import fxapprox
-    from fxapprox import assets, data
+    from fxapprox.study import assets, data
 
     model = assets.load_model(model_name)
     dsd = assets.load_dataset(data_name)

@@ -7,9 +7,9 @@ import io
 import json
 
 import pytest
+from export_helpers import compress, image_batches, tiny_vit
 
 import fxapprox.cli as cli
-from export_helpers import compress, image_batches, tiny_vit
 from fxapprox.export import read_metadata
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from export_helpers import HIDDEN, compress, image_batches, tiny_vit
 from torch.utils.flop_counter import FlopCounterMode
 
-from export_helpers import HIDDEN, compress, image_batches, tiny_vit
 from fxapprox.export import compare_flops, count_flops
 
 TOKENS = (32 // 8) ** 2 + 1  # patches + [CLS]

@@ -7,7 +7,6 @@ import json
 import onnx
 import pytest
 import torch
-
 from export_helpers import (
     compress,
     contains_array,
@@ -16,6 +15,7 @@ from export_helpers import (
     ops_by_scope,
     tiny_vit,
 )
+
 from fxapprox.export import read_metadata, to_onnx
 
 BATCHES = (1, 17)  # checked besides the example's batch of 3

@@ -7,8 +7,8 @@ import json
 import onnx
 import pytest
 import torch
-
 from export_helpers import compress, image_batches, ops_by_scope, tiny_dinov2
+
 from fxapprox.errors import ExportError, ExportMismatchError
 from fxapprox.export import read_metadata, to_onnx
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import onnx
 import pytest
-
 from export_helpers import compress, ops_by_scope, tiny_bert, token_batches
+
 from fxapprox.export import to_onnx
 
 

@@ -8,9 +8,9 @@ from tiny_models import hf_family, tiny_batches, tiny_net
 
 import fxapprox
 from fxapprox.blocks import find_block_stack
-from fxapprox.damage import measure_damage
-from fxapprox.ranking import bootstrap_at_k, precision_recall_at_k, spearman
-from fxapprox.span_features import SpanFeatures, output_errors, span_features
+from fxapprox.study.damage import measure_damage
+from fxapprox.study.ranking import bootstrap_at_k, precision_recall_at_k, spearman
+from fxapprox.study.span_features import SpanFeatures, output_errors, span_features
 
 
 def _labelled(n_batches, seed):
@@ -70,11 +70,12 @@ def test_bootstrap_is_certain_when_damage_is_deterministic():
 
 
 def test_stacked_probes_equal_probes_trained_alone():
-    from fxapprox.evaluate import train_probe, train_probes
+    from fxapprox.study.evaluate import train_probe, train_probes
 
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 3, (300,), generator=g)
-    sets = [torch.randn(300, 8, generator=g) + y[:, None], torch.randn(300, 5, generator=g), torch.randn(300, 8, generator=g)]
+    sets = [torch.randn(300, 8, generator=g) + y[:, None], torch.randn(300, 5, generator=g),
+            torch.randn(300, 8, generator=g)]
     stacked = train_probes(sets, y, num_classes=3, seed=4, epochs=3, batch_size=64)
     for x, probe in zip(sets, stacked):
         alone = train_probe(x, y, num_classes=3, seed=4, epochs=3, batch_size=64)
@@ -99,8 +100,8 @@ def _image_dataset():
 
 
 def test_select_eval_end_to_end_writes_every_stage(tmp_path):
-    from fxapprox.data import ImagePreprocessor
-    from fxapprox.selection_eval import SelectEvalConfig, select_eval, write_report
+    from fxapprox.study.data import ImagePreprocessor
+    from fxapprox.study.selection_eval import SelectEvalConfig, select_eval, write_report
 
     model, _, _ = hf_family("vit")
     cfg = SelectEvalConfig(samples=24, paper_samples=8, output_samples=8, max_len=2, train_samples=None,

@@ -27,7 +27,7 @@ def add_model_data_args(p: argparse.ArgumentParser, *, samples: int) -> None:
 
 def load_model_and_calibration(args: argparse.Namespace, extra_samples: int = 0) -> tuple[Any, Any, Any]:
     """Parsed arguments → (model, dataset, loader of `--samples` + `extra_samples` samples)."""
-    from fxapprox import assets, data
+    from fxapprox.study import assets, data
 
     model = assets.load_model(args.model)
     dataset = assets.load_dataset(args.data)

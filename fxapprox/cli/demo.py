@@ -32,10 +32,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fxapprox.demo import DemoConfig, run_demo
+    from fxapprox.study.demo import DemoConfig, run_demo
 
-    overrides = {k: v for k, v in {"model": args.model, "data": args.data, "size": args.size,
-                                   "samples": args.samples, "num_blocks": args.num_blocks, "metric": args.metric}.items() if v is not None}
+    given = {"model": args.model, "data": args.data, "size": args.size, "samples": args.samples,
+             "num_blocks": args.num_blocks, "metric": args.metric}
+    overrides = {k: v for k, v in given.items() if v is not None}
     cfg = DemoConfig.full(**overrides) if args.full else DemoConfig(**overrides)
     run_demo(cfg, args.out, overwrite=args.overwrite)
     return 0

@@ -54,7 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Load, compress, extract features, probe, print a table."""
     import fxapprox
-    from fxapprox import data, evaluate
+    from fxapprox.study import data, evaluate
 
     start = time.perf_counter()
     model, dataset, calib = load_model_and_calibration(args)

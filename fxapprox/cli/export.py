@@ -79,8 +79,8 @@ def config_inputs(model: torch.nn.Module, batch_size: int, *, image_size: int | 
 
 def load_source(source: str, args: argparse.Namespace) -> tuple[Any, ModelInputs, torch.nn.Module]:
     """PLAN_DIR (+ --model) or model name → (compression result or model, example inputs, original model)."""
-    from fxapprox.assets import load_model
     from fxapprox.export.onnx import resize_inputs
+    from fxapprox.study.assets import load_model
 
     if _is_plan_dir(source):
         import fxapprox

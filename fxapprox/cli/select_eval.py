@@ -36,8 +36,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-identity", action="store_true", help="skip measuring every span replaced by the identity")
     p.add_argument("--sample-sizes", default="", help="fit-sample ablation (TOAST Figure 5), comma-separated, "
                    "e.g. 10,50,100,500,1000 (default: none)")
-    p.add_argument("--ablation-spans", type=parse_spans, default=None, help="spans of the sample-size ablation, e.g. 0-1,9-10 "
-                   "(default: every single-block span)")
+    p.add_argument("--ablation-spans", type=parse_spans, default=None,
+                   help="spans of the sample-size ablation, e.g. 0-1,9-10 (default: every single-block span)")
     p.add_argument("--selection-blocks", default="1,2,3,4", help="num_blocks values to compare selections at "
                    "('' to skip)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the P@k intervals")
@@ -49,8 +49,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from fxapprox import assets
-    from fxapprox.selection_eval import SelectEvalConfig, select_eval, write_report
+    from fxapprox.study import assets
+    from fxapprox.study.selection_eval import SelectEvalConfig, select_eval, write_report
 
     cfg = SelectEvalConfig(samples=args.samples, train_samples=args.train or None, test_samples=args.test or None,
                            size=args.size, max_len=args.max_len, batch_size=args.batch_size, bootstrap=args.bootstrap,

@@ -4,7 +4,7 @@ Images (PIL, any mode) are resized to `size`×`size`, grey turned into 3 channel
 with the model's mean/std (ImageNet's for DINOv2) → `{"pixel_values": (B, 3, size, size)}`. Texts
 go through the model's tokenizer with padding and truncation → `{"input_ids", "attention_mask"}`.
 Batches are dicts of model keyword arguments, which is what `fxapprox.compress(model, loader)`
-and `fxapprox.evaluate` take.
+and `fxapprox.study.evaluate` take.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fxapprox import assets
+from fxapprox.study import assets
 
 __all__ = [
     "IMAGENET_MEAN",

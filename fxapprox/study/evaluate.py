@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fxapprox.calibrate import token_rows
+from fxapprox.features import last_hidden_state, pool_features
 from fxapprox.inputs import as_model_inputs, token_mask
 from fxapprox.prepare import model_device
 
@@ -28,8 +28,6 @@ __all__ = [
     "ProbeResult",
     "Fidelity",
     "FeatureSet",
-    "last_hidden_state",
-    "pool_features",
     "extract_features",
     "feature_set",
     "train_probe",
@@ -104,36 +102,6 @@ class FeatureSet:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def last_hidden_state(output: Any) -> torch.Tensor:
-    """A model's output (ModelOutput, mapping, tuple or tensor) → its final hidden states."""
-    if isinstance(output, torch.Tensor):
-        return output
-    hidden = getattr(output, "last_hidden_state", None)
-    if hidden is None and isinstance(output, Mapping):
-        hidden = output.get("last_hidden_state")
-    if hidden is None and isinstance(output, (tuple, list)) and output:
-        hidden = output[0]
-    if not isinstance(hidden, torch.Tensor):
-        raise TypeError(
-            f"cannot find the final hidden states in a {type(output).__name__}: the model must "
-            "return a tensor, a tuple whose first item is it, or an output with last_hidden_state"
-        )
-    return hidden
-
-
-def pool_features(hidden: torch.Tensor, mask: torch.Tensor | None, pooling: str = "auto") -> torch.Tensor:
-    """`(B, T, d)` hidden states → `(B, d)`: `cls` (token 0), `mean` (under `mask`), or `auto`.
-
-    `auto` is the papers' choice: masked mean when there is an attention mask (sentence
-    encoders), [CLS] otherwise (vision transformers). 2-D inputs are returned unchanged.
-    """
-    if pooling == "auto":
-        pooling = "mean" if mask is not None else "cls"
-    if pooling not in ("cls", "mean"):
-        raise ValueError(f"unknown pooling {pooling!r}: use 'auto', 'cls' or 'mean'")
-    return token_rows(hidden, mask, pooling)
-
-
 def _set_training(model: torch.nn.Module, mode: bool) -> bool:
     """`model.train(mode)` where allowed (exported GraphModules refuse it); the previous mode."""
     before = bool(getattr(model, "training", False))
@@ -178,7 +146,7 @@ def feature_set(model: torch.nn.Module, train_loader: Iterable[Any], test_loader
     test, test_y = extract_features(model, test_loader, pooling=pooling, desc="test features")
     if train_y is None or test_y is None:
         raise ValueError("the loaders must yield a 'labels' tensor with each batch "
-                         "(fxapprox.data.data_loader(..., with_labels=True))")
+                         "(fxapprox.study.data.data_loader(..., with_labels=True))")
     return FeatureSet(train, train_y, test, test_y)
 
 

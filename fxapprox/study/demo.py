@@ -70,9 +70,9 @@ def _step(name: str):
 def run_demo(cfg: DemoConfig, out: Path | None = None, *, overwrite: bool = False) -> Path:
     """Run every stage on `cfg` and write the report into `out`; returns the report directory."""
     import fxapprox
-    from fxapprox import assets, data
-    from fxapprox.evaluate import compare_models
     from fxapprox.export import compare, to_onnx
+    from fxapprox.study import assets, data
+    from fxapprox.study.evaluate import compare_models
 
     out = _prepare_out(out, overwrite)
     timings: dict[str, float] = {}
