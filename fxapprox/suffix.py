@@ -1,10 +1,12 @@
-"""Captured graph + boundaries → run the model from any boundary `H_e` on, with `H_e` replaced.
+"""Captured graph + boundaries → the model run from any boundary `H_e` on, with `H_e` replaced.
 
-One full pass over a batch caches, for every boundary, the values the rest of the graph reads
-from before it (`H_e` itself, the attention mask, position tables, ...). `run_from(e, h)` then
-evaluates only the nodes after `H_e`, with `h` standing in for `H_e`: the model's output as if
-blocks s+1..e had been replaced by a map giving `h`. This makes "what does this span do to the
-final output" cost one suffix per span instead of a re-capture and a full forward.
+The graph is cut at each boundary into generated code (no node-by-node interpretation): a
+*prefix* module, the whole graph returning its output and every value a later part reads from
+before a cut (`H_e` itself, the attention mask, position tables, ...), and per boundary a
+*suffix* module whose placeholders are those live values, `H_e` among them, and whose body is
+the nodes after `H_e`. `prefix(inputs)` runs once per batch; `run_from(e, h, cache)` calls
+boundary e's suffix with `h` standing in for `H_e`: the model's output as if blocks s+1..e had
+been replaced by a map giving `h`. Suffix modules are built on first use and reused.
 """
 
 from __future__ import annotations
@@ -21,21 +23,6 @@ from fxapprox.inputs import ModelInputs
 __all__ = ["SuffixRunner", "PrefixCache"]
 
 
-class _Keeper(torch.fx.Interpreter):
-    """Interpreter that frees values as usual but keeps those of the nodes in `keep`."""
-
-    def __init__(self, gm: torch.fx.GraphModule, keep: set[torch.fx.Node]):
-        super().__init__(gm, garbage_collect_values=True)
-        self.keep = keep
-        self.kept: dict[torch.fx.Node, Any] = {}
-
-    def run_node(self, n: torch.fx.Node) -> Any:
-        result = super().run_node(n)
-        if n in self.keep:
-            self.kept[n] = result
-        return result
-
-
 class PrefixCache:
     """The values one batch produced that suffixes need, keyed by node, plus the boundary tensors."""
 
@@ -45,41 +32,72 @@ class PrefixCache:
         self.output = output
 
 
+def _output_node(graph: torch.fx.Graph) -> torch.fx.Node:
+    return next(n for n in reversed(graph.nodes) if n.op == "output")
+
+
+def _prefix_module(gm: torch.fx.GraphModule, keep: list[torch.fx.Node]) -> torch.fx.GraphModule:
+    """The whole graph, flat inputs → `(flat output, values of keep)`."""
+    graph, env = torch.fx.Graph(), {}
+    out = _output_node(gm.graph)
+    for node in gm.graph.nodes:
+        if node is not out:
+            env[node] = graph.node_copy(node, env.__getitem__)
+    graph.output((torch.fx.map_arg(out.args[0], env.__getitem__), tuple(env[n] for n in keep)))
+    return torch.fx.GraphModule(gm, graph, f"{type(gm).__name__}Prefix")
+
+
+def _suffix_module(gm: torch.fx.GraphModule, live: list[torch.fx.Node], body: list[torch.fx.Node]) -> torch.fx.GraphModule:
+    """Nodes `body` with the values `live` as placeholders → the flat output."""
+    graph = torch.fx.Graph()
+    env = {n: graph.placeholder(n.name) for n in live}
+    out = _output_node(gm.graph)
+    for node in body:
+        if node is not out:
+            env[node] = graph.node_copy(node, env.__getitem__)
+    graph.output(torch.fx.map_arg(out.args[0], env.__getitem__))
+    return torch.fx.GraphModule(gm, graph, f"{type(gm).__name__}Suffix")
+
+
 class SuffixRunner:
     """Runs `gm` once per batch (`prefix`), then from any boundary on (`run_from`)."""
 
     def __init__(self, gm: torch.fx.GraphModule, boundaries: Boundaries):
         self.gm = gm
         self.boundaries = boundaries
-        nodes = list(gm.graph.nodes)
-        order = {n: i for i, n in enumerate(nodes)}
-        self._before: dict[int, list[torch.fx.Node]] = {}
-        self._live_in: dict[int, set[torch.fx.Node]] = {}
-        needed: set[torch.fx.Node] = set()
+        self._nodes = list(gm.graph.nodes)
+        order = {n: i for i, n in enumerate(self._nodes)}
+        self._cut: dict[int, int] = {}
+        self._live_in: dict[int, list[torch.fx.Node]] = {}
+        needed: set[torch.fx.Node] = set(boundaries.nodes)
         for k in range(-1, boundaries.num_blocks):
             cut = order[boundaries[k]]
-            before = nodes[: cut + 1]
-            live = {n for n in before if any(order[u] > cut for u in n.users)}
-            self._before[k] = before
-            self._live_in[k] = live
-            needed |= live
-        self._needed = needed
+            self._cut[k] = cut
+            self._live_in[k] = [n for n in self._nodes[: cut + 1] if any(order[u] > cut for u in n.users)]
+            needed.update(self._live_in[k])
+        self._needed = sorted(needed, key=order.__getitem__)
+        self._prefix = _prefix_module(gm, self._needed)
+        self._suffixes: dict[int, torch.fx.GraphModule] = {}
 
     def prefix(self, inputs: ModelInputs) -> PrefixCache:
         """Run the whole graph on `inputs`; keep what any suffix needs and every boundary tensor."""
-        bounds = set(self.boundaries.nodes)
-        interp = _Keeper(self.gm, self._needed | bounds)
         with torch.no_grad():
-            output = interp.run(*flat_graph_inputs(self.gm, inputs))
-        values = {n: interp.kept[n] for n in self._needed}
-        tensors = {k: interp.kept[self.boundaries[k]] for k in range(-1, self.boundaries.num_blocks)}
-        return PrefixCache(values, tensors, output)
+            flat, kept = self._prefix(*flat_graph_inputs(self.gm, inputs))
+        values = dict(zip(self._needed, kept))
+        tensors = {k: values[self.boundaries[k]] for k in range(-1, self.boundaries.num_blocks)}
+        return PrefixCache(values, tensors, self.gm.graph._codegen.process_outputs(flat))
+
+    def suffix(self, e: int) -> torch.fx.GraphModule:
+        """The generated module of everything after `H_e`; its placeholders are the live values at
+        the cut, in graph order (`H_e` among them)."""
+        if e not in self._suffixes:
+            self._suffixes[e] = _suffix_module(self.gm, self._live_in[e], self._nodes[self._cut[e] + 1:])
+        return self._suffixes[e]
 
     def run_from(self, e: int, h: torch.Tensor, cache: PrefixCache) -> Any:
         """The model's output when `H_e` is replaced by `h` (everything before it as cached)."""
-        live = self._live_in[e]
-        env = {n: (cache.values[n] if n in live else None) for n in self._before[e]}
-        env[self.boundaries[e]] = h
+        target = self.boundaries[e]
+        args = [h if n is target else cache.values[n] for n in self._live_in[e]]
         with torch.no_grad():
-            flat = torch.fx.Interpreter(self.gm).run(initial_env=env, enable_io_processing=False)
+            flat = self.suffix(e)(*args)
         return self.gm.graph._codegen.process_outputs(flat)
