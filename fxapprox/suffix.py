@@ -47,7 +47,8 @@ def _prefix_module(gm: torch.fx.GraphModule, keep: list[torch.fx.Node]) -> torch
     return torch.fx.GraphModule(gm, graph, f"{type(gm).__name__}Prefix")
 
 
-def _suffix_module(gm: torch.fx.GraphModule, live: list[torch.fx.Node], body: list[torch.fx.Node]) -> torch.fx.GraphModule:
+def _suffix_module(gm: torch.fx.GraphModule, live: list[torch.fx.Node],
+                   body: list[torch.fx.Node]) -> torch.fx.GraphModule:
     """Nodes `body` with the values `live` as placeholders → the flat output."""
     graph = torch.fx.Graph()
     env = {n: graph.placeholder(n.name) for n in live}
