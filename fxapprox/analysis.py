@@ -27,11 +27,11 @@ from torch import nn
 
 from fxapprox.blocks import BlockStack, find_block_stack
 from fxapprox.calibrate import Tokens, calibrate_eager, iter_batches, split_samples
-from fxapprox.errors import SpanError
+from fxapprox.errors import MissingScoreError, SpanError
 from fxapprox.fit import DEFAULT_RIDGE
 from fxapprox.inputs import ModelInputs
 from fxapprox.metrics import METRIC_INFO, METRICS, check_metric, cost, heldout_matrix, score_matrix
-from fxapprox.output_score import output_scores
+from fxapprox.output_score import check_output_target, output_damage
 from fxapprox.prepare import model_device, trace
 from fxapprox.select import best_spans, best_spans_for_saving, candidate_costs, span_savings
 from fxapprox.spans import all_spans
@@ -55,7 +55,10 @@ class Analysis:
 
     `block_params[b]` / `block_flops[b]` (per sample) are block b's cost; `tokens_per_sample[k + 1]`
     the tokens per sample at boundary `H_k` (FLOPs of a replacing Linear); `output_samples` the
-    held-out samples of the `output` score (0: not computed).
+    held-out samples of the `output` score (0: not computed), `output_target` what it compared
+    (`"logits"`: KL divergence of the head's predictions, `"features"`: relative error of the
+    pooled final features) and, for logits, `output_agreement[s + 1, e + 1]` the top-1 agreement
+    with the original predictions.
     """
 
     model: str
@@ -74,13 +77,15 @@ class Analysis:
     capture_path: str = ""
     output_samples: int = 0
     notes: list[str] = field(default_factory=list)
+    output_target: str = ""
+    output_agreement: np.ndarray | None = None
 
     # --- reading scores -------------------------------------------------------------------
 
     def _check(self, metric: str) -> np.ndarray:
         check_metric(metric)
         if metric not in self.scores:
-            raise ValueError(f"this analysis has no {metric!r} scores (analyze(..., holdout_folds=2) adds "
+            raise MissingScoreError(f"this analysis has no {metric!r} scores (analyze(..., holdout_folds=2) adds "
                              "'heldout', analyze(..., output_samples=128) adds 'output')")
         return self.scores[metric]
 
@@ -142,11 +147,24 @@ class Analysis:
         return params, span_savings(self.block_flops, self._replacement_flops(transform), [(s, e)])[(s, e)]
 
     def select(self, num_blocks: int | None = None, *, param_budget: float | None = None,
-               flops_budget: float | None = None, metric: str = "linear", transform: str = "linear",
+               flops_budget: float | None = None, metric: str | None = None, transform: str = "linear",
                max_span_len: int | None = None) -> list[Span]:
         """Non-overlapping spans at least total `metric` cost (dynamic programming) that remove
         exactly `num_blocks` blocks, or save at least the fraction `param_budget` of the model's
-        parameters / `flops_budget` of its FLOPs (net of the replacing Linear layers)."""
+        parameters / `flops_budget` of its FLOPs (net of the replacing Linear layers).
+
+        `metric=None` (the default) is `"output"`, the score that best predicts which spans keep the
+        model's predictions; an analysis without it (made without `output_samples=`) raises
+        `MissingScoreError` rather than choosing by a weaker score silently: pass
+        `analyze(..., output_samples=128)`, or name another metric (e.g. `"cosine"`).
+        """
+        if metric is None:
+            if "output" not in self.scores:
+                raise MissingScoreError(
+                    "select() chooses by the 'output' score by default, and this analysis has none: pass "
+                    "analyze(..., output_samples=128) to add it, or select(..., metric=...) with one of "
+                    f"{tuple(self.scores)}")
+            metric = "output"
         if sum(x is not None for x in (num_blocks, param_budget, flops_budget)) != 1:
             raise SpanError("pass exactly one of num_blocks=, param_budget= or flops_budget=")
         scores = self._check(metric)
@@ -180,6 +198,8 @@ class Analysis:
             "block_params": self.block_params, "total_params": self.total_params,
             "block_flops": self.block_flops, "total_flops": self.total_flops,
             "tokens_per_sample": self.tokens_per_sample, "output_samples": self.output_samples, "notes": self.notes,
+            "output_target": self.output_target,
+            "output_agreement": None if self.output_agreement is None else clean(self.output_agreement),
             "index": "scores[metric][s + 1][e + 1] scores span (s, e): blocks s+1..e replaced",
             "scores": {m: clean(v) for m, v in self.scores.items()},
         }
@@ -203,6 +223,9 @@ class Analysis:
         scores = {m: np.array([[math.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
                   for m, rows in data["scores"].items()}
         fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "scores"}
+        if fields.get("output_agreement") is not None:
+            fields["output_agreement"] = np.array([[math.nan if v is None else v for v in row]
+                                                   for row in fields["output_agreement"]], dtype=np.float64)
         return cls(scores=scores, **fields)
 
     def to_markdown(self, metric: str = "linear", top: int | None = None) -> str:
@@ -340,9 +363,10 @@ def _count_flops(model: nn.Module, stack: BlockStack, sample: ModelInputs) -> tu
 def _output_matrix(model: nn.Module, stack: BlockStack, first: ModelInputs, moments: BoundaryMoments,
                    calib: Iterable[ModelInputs], rest: Iterator[ModelInputs], *, tokens: Tokens, num_samples: int,
                    output_samples: int, max_len: int | None, ridge: float, device: torch.device,
-                   progress: bool) -> tuple[np.ndarray, str]:
-    """The `output` score matrix (maps fitted on the calibration samples' tokens, errors on the next
-    `output_samples` samples of `rest`) and the capture path of the graph it ran."""
+                   target: str, progress: bool) -> tuple[np.ndarray, np.ndarray | None, str, str]:
+    """The `output` score matrix (maps fitted on the calibration samples' tokens, damage on the next
+    `output_samples` samples of `rest`), the agreement matrix (logits only), what was compared and
+    the capture path of the graph it ran."""
     held_out = list(split_samples(rest, output_samples)[0])
     seen = sum(b.batch_size for b in held_out)
     if seen < output_samples:
@@ -355,18 +379,24 @@ def _output_matrix(model: nn.Module, stack: BlockStack, first: ModelInputs, mome
         moments = calibrate_eager(model, stack, moments.indices, calib, num_samples, tokens="all", device=device,
                                   progress=progress)
     traced = trace(model, first, stack)
-    errors = output_scores(traced, moments, held_out, all_spans(stack.num_blocks, max_len), ridge=ridge,
-                           progress=progress)
-    out = np.full((stack.num_blocks + 1, stack.num_blocks + 1), np.nan)
-    for (s, e), value in errors.items():
-        out[s + 1, e + 1] = value
-    return out, traced.capture_path
+    damage = output_damage(traced, moments, held_out, all_spans(stack.num_blocks, max_len), ridge=ridge,
+                           target=target, progress=progress)
+
+    def matrix(values: dict[Span, float]) -> np.ndarray:
+        out = np.full((stack.num_blocks + 1, stack.num_blocks + 1), np.nan)
+        for (s, e), value in values.items():
+            out[s + 1, e + 1] = value
+        return out
+
+    agreement = None if damage.agreement is None else matrix(damage.agreement)
+    return matrix(damage.scores), agreement, damage.target, traced.capture_path
 
 
 def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int = 50, tokens: Tokens = "cls",
             blocks: str | None = None, ridge: float = DEFAULT_RIDGE, flops: bool = False,
             holdout_folds: int = 0, output_samples: int = 0, output_max_len: int | None = None,
-            product_dtype: torch.dtype | str | None = "auto", progress: bool = True) -> Analysis:
+            output_target: str = "auto", product_dtype: torch.dtype | str | None = "auto",
+            progress: bool = True) -> Analysis:
     """Score every span `(s, e)` of `model`'s block stack with every metric, from one calibration pass.
 
     `tokens`: `"cls"` (first token, the papers' choice), `"mean"` (mean of unmasked tokens) or
@@ -378,6 +408,12 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
     (None: all) is replaced by its affine map, fitted on every token of the `num_samples`
     calibration samples, and scored by the relative error of the pooled final features on the next
     N samples of the loader (held out and kept in memory; the loader needs `num_samples + N`).
+    What it compares is the model's real output (`output_target="auto"`): for a model with a head
+    (output with `logits`: `*ForImageClassification`, `*ForSequenceClassification`) the mean KL
+    divergence of the predicted distributions, with the top-1 agreement in
+    `Analysis.output_agreement`; for a backbone the relative error of the pooled final features.
+    `output_target="features"` compares pooled features on a model with a head too (its last
+    block's output), `"logits"` insists on logits.
     Cost: a graph capture, then per held-out batch one full pass plus one suffix (the blocks after
     the span and the head) per span; with `tokens` other than "all" also a second calibration pass
     on all tokens (the calibration inputs are then kept in memory for it).
@@ -390,6 +426,7 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
         raise ValueError(f"tokens={tokens!r} is not one of {_TOKENS}")
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be at least 1")
+    check_output_target(output_target)
     if output_samples < 0 or (output_max_len is not None and output_max_len < 1):
         raise ValueError(f"output_samples={output_samples} must be >= 0 and output_max_len={output_max_len} "
                          "None or >= 1")
@@ -414,16 +451,18 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
     scores = {m: score_matrix(moments, m, ridge=ridge) for m in METRICS}
     if folded is not None:
         scores["heldout"] = heldout_matrix(folded, moments, ridge=ridge)
-    capture_path = "eager block hooks"
+    capture_path, agreement, target = "eager block hooks", None, ""
     if output_samples:
-        scores["output"], path = _output_matrix(
+        scores["output"], agreement, target, path = _output_matrix(
             model, stack, first, moments, batches, rest, tokens=tokens, num_samples=num_samples,
-            output_samples=output_samples, max_len=output_max_len, ridge=ridge, device=device, progress=progress)
+            output_samples=output_samples, max_len=output_max_len, ridge=ridge, device=device,
+            target=output_target, progress=progress)
         capture_path += f"; output score: {path}"
     an = Analysis(
         model=_model_name(model), num_blocks=stack.num_blocks, tokens=tokens, samples=moments.samples,
         rows=moments.rows, widths=list(widths), ridge=ridge, scores=scores, capture_path=capture_path,
         output_samples=output_samples,
+        output_target=target, output_agreement=agreement,
         block_params=[sum(p.numel() for p in model.get_submodule(stack.block_path(i)).parameters())
                       for i in range(stack.num_blocks)],
         total_params=sum(p.numel() for p in model.parameters()),

@@ -19,15 +19,17 @@ from torch import nn
 
 from fxapprox.blocks import find_block_stack
 from fxapprox.calibrate import calibrate, iter_batches
-from fxapprox.errors import PlanMismatchError, SpanError
+from fxapprox.errors import MissingScoreError, PlanMismatchError, SpanError
 from fxapprox.fit import DEFAULT_RIDGE, fit_affine, identity_residual
 from fxapprox.inputs import ModelInputs, as_model_inputs
-from fxapprox.output_score import output_scores
+from fxapprox.metrics import METRIC_INFO, heldout_matrix
+from fxapprox.output_score import check_output_target, output_scores
 from fxapprox.passes.replace_span import ReplaceRecord, SpanRewrite, replace_spans
 from fxapprox.plan import Plan, SpanPlan
 from fxapprox.prepare import Traced, model_device, trace
-from fxapprox.select import best_spans, select_spans
+from fxapprox.select import best_spans, candidate_costs, select_spans
 from fxapprox.spans import all_spans, validate_spans
+from fxapprox.stats import FoldedMoments
 
 __all__ = ["compress", "load", "CompressionResult", "TRANSFORMS", "OUTPUT_METRIC"]
 
@@ -104,27 +106,42 @@ def _rewrite(traced: Traced, plan: Plan, like: torch.Tensor) -> ReplaceRecord:
 
 
 def _select_by_output(traced: Traced, moments, inputs: ModelInputs, num_blocks: int, transform: str,
-                      ridge: float) -> list[tuple[int, int]]:
-    """Spans removing `num_blocks` blocks at the least total `output` error: each candidate span's
-    map replaces it and the relative error of the final features on `inputs` (the first
-    calibration batch) is its cost; then the same dynamic program as for the other metrics."""
+                      ridge: float, target: str) -> list[tuple[int, int]]:
+    """Spans removing `num_blocks` blocks at the least total `output` damage: each candidate span's
+    map replaces it and its damage to the model's output on `inputs` (the first calibration batch;
+    see `output_score`) is its cost; then the same dynamic program as for the other metrics."""
     widths = traced.widths
     candidates = [(s, e) for s, e in all_spans(traced.stack.num_blocks, num_blocks)
                   if transform != "identity" or widths[s + 1] == widths[e + 1]]
-    costs = output_scores(traced, moments, [inputs], candidates, transform=transform, ridge=ridge)
+    costs = output_scores(traced, moments, [inputs], candidates, transform=transform, ridge=ridge, target=target)
     return best_spans(costs, traced.stack.num_blocks, num_blocks)
 
 
+def _select_by_heldout(folded: FoldedMoments, moments, num_blocks_total: int, num_blocks: int, transform: str,
+                       widths: list[int], ridge: float) -> list[tuple[int, int]]:
+    """Spans removing `num_blocks` blocks at the least total `heldout` residual (k-fold)."""
+    matrix = heldout_matrix(folded, moments, ridge=ridge)
+    costs = candidate_costs(lambda s, e: float(matrix[s + 1, e + 1]), num_blocks_total, metric="heldout",
+                            transform=transform, widths=widths)
+    return best_spans(costs, num_blocks_total, num_blocks)
+
+
 def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple[int, int]] | None = None,
-             num_blocks: int | None = None, transform: str = "linear", metric: str = "linear",
+             num_blocks: int | None = None, transform: str = "linear", metric: str = OUTPUT_METRIC,
              num_samples: int = 500, blocks: str | None = None, ridge: float = DEFAULT_RIDGE,
-             progress: bool = True) -> CompressionResult:
+             output_target: str = "auto", progress: bool = True) -> CompressionResult:
     """Replace spans of blocks of `model` by closed-form maps fitted on `calib_loader`.
 
     Give `spans=[(s, e), ...]` (blocks s+1..e are replaced), or `num_blocks=k` to let the
-    `metric` score choose non-overlapping spans that remove k blocks. `metric="output"` scores a
-    span by the relative error of the model's final features when the span is replaced by its
-    fitted map (on the first calibration batch; one suffix per candidate span of up to k blocks).
+    `metric` score choose non-overlapping spans that remove k blocks. The default,
+    `metric="output"` (the score that best predicts which spans keep the model's predictions),
+    scores a span by the damage to the model's output when the span is replaced by its fitted map,
+    on the first calibration batch (a graph suffix per candidate span of up to k blocks):
+    `output_target="auto"` compares the logits (KL divergence of the predicted distributions) of a
+    model with a head and the pooled final features (relative error) of a backbone; `"features"`
+    compares pooled features (for a model with a head, of the last block's output). Every metric
+    `Analysis.select` takes is accepted: `"heldout"` calibrates 2-fold moments (batch i → fold
+    i mod 2) for it.
     """
     if transform not in TRANSFORMS:
         raise ValueError(f"transform={transform!r} is not one of {TRANSFORMS}")
@@ -132,6 +149,9 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
         raise SpanError("pass exactly one of spans=[(s, e), ...] or num_blocks=k")
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be at least 1")
+    if metric not in METRIC_INFO:
+        raise MissingScoreError(f"compress takes metric= one of {tuple(METRIC_INFO)}, not {metric!r}")
+    check_output_target(output_target)
     stack = find_block_stack(model, blocks)
     if spans is not None:
         spans = validate_spans(spans, stack.num_blocks)
@@ -149,10 +169,15 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
         watched = sorted({k for span in spans for k in span})
     else:
         watched = list(range(-1, stack.num_blocks))
+    folded = FoldedMoments(watched) if spans is None and metric == "heldout" else None
     moments = calibrate(traced.module, traced.boundaries, watched, batches, num_samples,
-                        device=model_device(model), progress=progress)
-    if spans is None and metric == OUTPUT_METRIC:
-        spans = _select_by_output(traced, moments, first.to(model_device(model)), num_blocks, transform, ridge)
+                        device=model_device(model), progress=progress, moments=folded)
+    if folded is not None:
+        moments = folded.total()
+        spans = _select_by_heldout(folded, moments, stack.num_blocks, num_blocks, transform, widths, ridge)
+    elif spans is None and metric == OUTPUT_METRIC:
+        spans = _select_by_output(traced, moments, first.to(model_device(model)), num_blocks, transform, ridge,
+                                  output_target)
     elif spans is None:
         spans = select_spans(moments, stack.num_blocks, num_blocks, metric=metric, transform=transform,
                              widths=widths, ridge=ridge)

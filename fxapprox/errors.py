@@ -25,6 +25,8 @@ __all__ = [
     "ChecksumMismatchError",
     "RegistryUnreachableError",
     "DatasetFilesMissingError",
+    "MissingScoreError",
+    "UnsupportedOutputError",
 ]
 
 
@@ -102,3 +104,11 @@ class RegistryUnreachableError(AssetError):
 
 class DatasetFilesMissingError(AssetError, FileNotFoundError):
     """Files of a locally installed dataset (e.g. a Debian package) are missing."""
+
+
+class MissingScoreError(FxApproxError, ValueError):
+    """A score was asked of an analysis (or compress) that does not hold or take it."""
+
+
+class UnsupportedOutputError(FxApproxError, TypeError):
+    """The model's output holds neither final hidden states nor logits the `output` score can compare."""

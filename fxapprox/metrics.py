@@ -58,7 +58,8 @@ METRIC_INFO: dict[str, MetricInfo] = {
         MetricInfo("cka", "linear CKA similarity", higher_is_redundant=True),
         MetricInfo("identity", "normalised residual of the identity map", equal_widths=True),
         MetricInfo("heldout", "held-out affine residual (fit on the other folds)"),
-        MetricInfo("output", "relative error of the final features, span replaced by its map (held out)"),
+        MetricInfo("output", "damage to the output, span replaced by its map (held out): final-feature "
+                   "relative error, or KL of the head's predictions"),
     )
 }
 # Metrics that one `BoundaryMoments` gives; `heldout` needs `FoldedMoments` (`heldout_matrix`),

@@ -47,16 +47,22 @@ def _prefix_module(gm: torch.fx.GraphModule, keep: list[torch.fx.Node]) -> torch
     return torch.fx.GraphModule(gm, graph, f"{type(gm).__name__}Prefix")
 
 
-def _suffix_module(gm: torch.fx.GraphModule, live: list[torch.fx.Node],
-                   body: list[torch.fx.Node]) -> torch.fx.GraphModule:
-    """Nodes `body` with the values `live` as placeholders → the flat output."""
+def _suffix_module(gm: torch.fx.GraphModule, live: list[torch.fx.Node], body: list[torch.fx.Node],
+                   until: torch.fx.Node | None) -> torch.fx.GraphModule:
+    """Nodes `body` with the values `live` as placeholders → the flat output, or the value of `until`
+    (the nodes after it are left out)."""
     graph = torch.fx.Graph()
     env = {n: graph.placeholder(n.name) for n in live}
     out = _output_node(gm.graph)
     for node in body:
-        if node is not out:
-            env[node] = graph.node_copy(node, env.__getitem__)
-    graph.output(torch.fx.map_arg(out.args[0], env.__getitem__))
+        if node is out:
+            break
+        env[node] = graph.node_copy(node, env.__getitem__)
+        if node is until:
+            break
+    graph.output(torch.fx.map_arg(out.args[0] if until is None else until, env.__getitem__))
+    if until is not None:
+        graph.eliminate_dead_code()
     return torch.fx.GraphModule(gm, graph, f"{type(gm).__name__}Suffix")
 
 
@@ -78,7 +84,7 @@ class SuffixRunner:
             needed.update(self._live_in[k])
         self._needed = sorted(needed, key=order.__getitem__)
         self._prefix = _prefix_module(gm, self._needed)
-        self._suffixes: dict[int, torch.fx.GraphModule] = {}
+        self._suffixes: dict[tuple[int, int | None], torch.fx.GraphModule] = {}
 
     def prefix(self, inputs: ModelInputs) -> PrefixCache:
         """Run the whole graph on `inputs`; keep what any suffix needs and every boundary tensor."""
@@ -88,17 +94,22 @@ class SuffixRunner:
         tensors = {k: values[self.boundaries[k]] for k in range(-1, self.boundaries.num_blocks)}
         return PrefixCache(values, tensors, self.gm.graph._codegen.process_outputs(flat))
 
-    def suffix(self, e: int) -> torch.fx.GraphModule:
-        """The generated module of everything after `H_e`; its placeholders are the live values at
-        the cut, in graph order (`H_e` among them)."""
-        if e not in self._suffixes:
-            self._suffixes[e] = _suffix_module(self.gm, self._live_in[e], self._nodes[self._cut[e] + 1:])
-        return self._suffixes[e]
+    def suffix(self, e: int, until: int | None = None) -> torch.fx.GraphModule:
+        """The generated module of everything after `H_e` (up to `H_until` when given); its
+        placeholders are the live values at the cut, in graph order (`H_e` among them)."""
+        if until is not None and not e < until < self.boundaries.num_blocks:
+            raise ValueError(f"until={until} must be a boundary after e={e}")
+        if (e, until) not in self._suffixes:
+            self._suffixes[(e, until)] = _suffix_module(
+                self.gm, self._live_in[e], self._nodes[self._cut[e] + 1:],
+                None if until is None else self.boundaries[until])
+        return self._suffixes[(e, until)]
 
-    def run_from(self, e: int, h: torch.Tensor, cache: PrefixCache) -> Any:
-        """The model's output when `H_e` is replaced by `h` (everything before it as cached)."""
+    def run_from(self, e: int, h: torch.Tensor, cache: PrefixCache, until: int | None = None) -> Any:
+        """The model's output when `H_e` is replaced by `h` (everything before it as cached), or,
+        with `until=k`, the boundary tensor `H_k` then."""
         target = self.boundaries[e]
         args = [h if n is target else cache.values[n] for n in self._live_in[e]]
         with torch.no_grad():
-            flat = self.suffix(e)(*args)
-        return self.gm.graph._codegen.process_outputs(flat)
+            flat = self.suffix(e, until)(*args)
+        return flat if until is not None else self.gm.graph._codegen.process_outputs(flat)

@@ -134,7 +134,7 @@ def test_known_answers_on_a_tiny_net():
     assert an.score(0, 2, "linear") < 1e-4  # identity then a shift: affine
     assert an.score(0, 3, "linear") > 1e-3
     assert an.top_k(1, span_len=2)[0][:2] == (0, 2)
-    assert an.select(2) == [(0, 2)]
+    assert an.select(2, metric="linear") == [(0, 2)]
     assert an.block_params == [sum(p.numel() for p in b.parameters()) for b in model.blocks]
     assert an.block_flops[1] == 0.0 and an.block_flops[0] > 0 and an.tokens_per_sample == [5] * 5
 
@@ -230,17 +230,17 @@ def test_score_errors_name_the_problem():
 
 def test_select_budgets():
     an = table(ties=False)
-    spans = an.select(3)
+    spans = an.select(3, metric="linear")
     assert sum(e - s for s, e in spans) == 3
     # 100 params per block, a linear of width 8 costs 72: a span of n blocks saves 100n - 72.
-    spans = an.select(param_budget=0.25)
+    spans = an.select(param_budget=0.25, metric="linear")
     assert sum(100 * (e - s) - 72 for s, e in spans) >= 250
-    ident = an.select(param_budget=0.3, transform="identity")
+    ident = an.select(param_budget=0.3, transform="identity", metric="linear")
     assert sum(e - s for s, e in ident) >= 3
     # 1000 FLOPs per block, a linear on 1 token of width 8 costs 2 * 8 * 8 = 128.
-    assert sum(1000 * (e - s) - 128 for s, e in an.select(flops_budget=0.2)) >= 2000
+    assert sum(1000 * (e - s) - 128 for s, e in an.select(flops_budget=0.2, metric="linear")) >= 2000
     with pytest.raises(SpanError, match="exactly one"):
-        an.select(2, param_budget=0.1)
+        an.select(2, param_budget=0.1, metric="linear")
 
 
 # --- rendering ------------------------------------------------------------------------------------------
@@ -327,9 +327,9 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="num_samples=0"):
         fxapprox.analyze(model, tiny_batches(), num_samples=0)
     with pytest.raises(ValueError, match="transform="):
-        table().select(2, transform="mlp")
+        table().select(2, transform="mlp", metric="linear")
     with pytest.raises(SpanError, match="budget"):
-        table().select(param_budget=1.5)
+        table().select(param_budget=1.5, metric="linear")
 
 
 def test_heldout_separates_an_affine_span_from_one_that_only_looks_affine_on_few_samples():
@@ -379,7 +379,7 @@ def test_output_score_ranks_the_affine_span_first():
                           output_max_len=3, progress=False)
     assert an.top_k(1, span_len=2, metric="output")[0][:2] == (1, 3)
     assert an.score(1, 3, "output") < 1e-4 < min(v for s, e, v in an.top_k(10, span_len=2, metric="output")[1:])
-    assert an.select(2, metric="output") == [(1, 3)]
+    assert an.select(2, metric="output") == an.select(2) == [(1, 3)]  # output: the default
     assert math.isnan(an.matrix("output")[0, 4]) and len(an.spans("output")) == len(an.spans("linear")) - 6
     with pytest.raises(SpanError, match="output_max_len"):
         an.score(-1, 3, "output")

@@ -75,7 +75,7 @@ def test_span_from_embeddings():
 
 def test_num_blocks_picks_the_affine_span():
     model = tiny_net(["mlp", "mlp", "shift", "shift", "mlp", "mlp"])
-    res = fxapprox.compress(model, tiny_batches(), num_blocks=2, num_samples=32, progress=False)
+    res = fxapprox.compress(model, tiny_batches(), num_blocks=2, metric="linear", num_samples=32, progress=False)
     assert res.spans == [(1, 3)]
 
 
