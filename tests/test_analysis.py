@@ -306,7 +306,7 @@ def test_cli_analyze(tmp_path, capsys):
                "--output-max-len", "2"])
     rc = args.func(args)
     out = capsys.readouterr().out
-    assert rc == 0 and "top 3 spans by linear" in out
+    assert rc == 0 and "top 3 spans by output" in out  # the default ranking
     an = Analysis.from_json(tmp_path / "a.json")
     assert an.samples == 10 and an.num_blocks == 3 and an.tokens == "all" and "heldout" in an.scores
     assert an.output_samples == 2 and len(an.spans("output")) == 5  # spans of 1-2 of 3 blocks

@@ -110,3 +110,28 @@ def test_compress_takes_every_metric_select_takes(metric):
 def test_compress_names_the_metrics_it_takes():
     with pytest.raises(MissingScoreError, match="heldout.*output.*not 'bogus'"):
         fxapprox.compress(tiny_net(["mlp", "mlp"]), tiny_batches(), num_blocks=1, metric="bogus", progress=False)
+
+
+def test_cli_analyze_and_compress_take_a_classifier(tmp_path, capsys):
+    """A saved ViTForImageClassification keeps its head through the CLI; both commands score its logits."""
+    datasets = pytest.importorskip("datasets")
+    import numpy as np
+    from PIL import Image
+
+    from fxapprox.cli import main
+
+    model, _ = _head_model("vit")
+    model.float().save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)) for _ in range(16)]
+    ds = datasets.Dataset.from_dict({"image": images, "label": [i % 3 for i in range(16)]})
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "data"))
+    common = [str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--samples", "8", "--image-size", "32",
+              "--batch-size", "4", "--no-progress"]
+    assert main(["analyze", *common, "--tokens", "all", "--output-samples", "4", "--json",
+                 str(tmp_path / "a.json")]) == 0
+    assert "spans by output" in capsys.readouterr().out
+    an = fxapprox.Analysis.from_json(tmp_path / "a.json")
+    assert an.output_target == "logits" and len(an.spans("output")) == 10  # spans of up to 4 of 4 blocks
+    assert main(["compress", *common, "--num-blocks", "1", "--out", str(tmp_path / "plan")]) == 0
+    assert (tmp_path / "plan" / "plan.json").exists()

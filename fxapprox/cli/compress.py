@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from fxapprox.cli.common import add_model_data_args, load_model_and_calibration, write_json
+from fxapprox.metrics import METRIC_INFO
+from fxapprox.output_score import OUTPUT_TARGETS
 from fxapprox.spans import parse_spans
 
 __all__ = ["add_parser", "run"]
@@ -24,8 +26,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        "(s-e replaces blocks s+1..e; m1-e starts at the embeddings)")
     which.add_argument("--num-blocks", type=int, help="remove this many blocks, spans chosen by --metric")
     p.add_argument("--transform", choices=("linear", "identity"), default="linear")
-    p.add_argument("--metric", default="linear", help="score that chooses spans with --num-blocks: linear, "
-                   "mse, br, cosine, angular, cka, identity, or output (error of the final features)")
+    p.add_argument("--metric", choices=tuple(METRIC_INFO), default="output",
+                   help="score that chooses spans with --num-blocks (default: output, the damage to the model's "
+                   "output on the first calibration batch: KL of a head's predictions, else the relative error "
+                   "of the final features; README Results: it predicts damage best)")
+    p.add_argument("--output-target", choices=OUTPUT_TARGETS, default="auto",
+                   help="what --metric output compares: logits when the model has a head, else pooled final "
+                   "features (default: auto)")
     p.add_argument("--out", required=True, help="directory to write the plan into")
     p.add_argument("--overwrite", action="store_true", help="replace a plan already in --out")
     p.add_argument("--json", metavar="PATH", help="write a summary as JSON")
@@ -40,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     model, _, loader = load_model_and_calibration(args)
     res = fxapprox.compress(model, loader, spans=args.spans, num_blocks=args.num_blocks,
                             transform=args.transform, metric=args.metric, num_samples=args.samples,
-                            blocks=args.blocks, progress=not args.no_progress)
+                            blocks=args.blocks, output_target=args.output_target, progress=not args.no_progress)
     res.plan.source = args.model
     res.save(args.out, overwrite=args.overwrite)
     summary = {

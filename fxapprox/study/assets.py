@@ -364,12 +364,15 @@ def model_path(name: str) -> str:
 
 
 def load_model(name: str, **kwargs: Any):
-    """`"dinov2-small"` / `"minilm-l6"` / HF directory / hub id → an `AutoModel` in eval mode."""
-    from transformers import AutoModel
+    """`"dinov2-small"` / `"minilm-l6"` / HF directory / hub id → an `AutoModel` in eval mode (a
+    checkpoint saved as `*ForImageClassification` / `*ForSequenceClassification` keeps its head)."""
+    import transformers
 
     path = model_path(name)
     try:
-        model = AutoModel.from_pretrained(path, **kwargs)
+        arch = next(iter(transformers.AutoConfig.from_pretrained(path).architectures or []), "")
+        head = next((h for h in ("ForImageClassification", "ForSequenceClassification") if arch.endswith(h)), "")
+        model = getattr(transformers, f"AutoModel{head}").from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise AssetError(
             f"cannot load model {name!r} ({err}); use one of the built-in names "
