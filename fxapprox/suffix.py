@@ -61,8 +61,6 @@ def _suffix_module(gm: torch.fx.GraphModule, live: list[torch.fx.Node], body: li
         if node is until:
             break
     graph.output(torch.fx.map_arg(out.args[0] if until is None else until, env.__getitem__))
-    if until is not None:
-        graph.eliminate_dead_code()
     return torch.fx.GraphModule(gm, graph, f"{type(gm).__name__}Suffix")
 
 
