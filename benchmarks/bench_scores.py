@@ -5,9 +5,14 @@
 * `analyze-all`: `analyze(tokens="all")` (every metric but `heldout`);
 * `analyze-all-heldout`: the same with `holdout_folds=2` (adds the k-fold `heldout` score);
 * `output`: `span_features` for every span of up to `--max-len` blocks, on `--samples` held-out
-  samples (one calibration pass for the fits, then one prefix + one suffix per span per batch);
+  samples (one calibration pass for the fits, then one prefix + one suffix per span per batch, each
+  the generated code of the graph cut at the boundary);
 * `analyze-all-output`: `analyze(tokens="all", output_samples=--samples, output_max_len=--max-len)`
   (the moments' fits reused; a capture, then one prefix + one suffix per span per held-out batch).
+
+`output_floor_vs_forward` is the work `output` cannot avoid, in forwards: the calibration pass, the
+prefix, and per span the blocks after it (`sum over spans (L - 1 - e) / L`); the measured ratio
+above it is the overhead (capture, fits, interpretation).
 
     python benchmarks/bench_scores.py [--samples 128] [--batch 32] [--max-len 4] [--repeats 2] [--device cpu]
                                       [--json out.json]
@@ -52,7 +57,8 @@ def main() -> None:
 
     device = torch.device(args.device)
     model, n, b = _model().to(device), args.samples, args.batch
-    spans = all_spans(12, args.max_len)
+    num_blocks = 12
+    spans = all_spans(num_blocks, args.max_len)
 
     def forward():
         with torch.no_grad():
@@ -75,6 +81,7 @@ def main() -> None:
         "spans_for_output": len(spans), "threads": torch.get_num_threads(), "device": str(device),
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "relative_to_forward": {k: round(v / seconds["forward"], 2) for k, v in seconds.items()},
+        "output_floor_vs_forward": round(2 + sum(num_blocks - 1 - e for _, e in spans) / num_blocks, 2),
         **{f"{score}_extra_vs_forward": round((seconds[f"analyze-all-{score}"] - seconds["analyze-all"])
                                               / seconds["forward"], 2) for score in ("heldout", "output")},
     }
