@@ -94,12 +94,13 @@ def test_parallel_block_has_no_middle_but_whole_blocks_work():
 def test_affine_attention_branches_found_and_replaced_exactly():
     model = half_net(num_blocks=3, affine=True)
     batches = tiny_batches(n_batches=6, batch=16)
-    an = fxapprox.analyze(model, batches, units="half", tokens="all", num_samples=96, progress=False)
+    an = fxapprox.analyze(model, batches, units="half", tokens="all", num_samples=96, product_dtype=torch.float64, ridge=1e-9,
+                          flops=True, progress=False)
     assert an.units == "half" and an.num_blocks == 6
     for k in range(3):
         assert an.score(2 * k - 1, 2 * k) < 1e-5  # attention branch: exactly affine
         assert an.score(2 * k, 2 * k + 1) > 1e-2  # MLP branch: not
-    res = fxapprox.compress(model, batches, num_blocks=3, units="half", num_samples=96, progress=False)
+    res = fxapprox.compress(model, batches, num_blocks=3, units="half", num_samples=96, ridge=1e-9, progress=False)
     assert res.spans == [(-1, 0), (1, 2), (3, 4)]
     x = tiny_batches(1, batch=5, seed=7)[0]
     with torch.no_grad():
@@ -144,3 +145,56 @@ def test_auto_transform_picks_identity_within_tolerance():
     strict = fxapprox.compress(model, batches, spans=[(0, 1), (1, 3)], units="half", transform="auto",
                                auto_tolerance=-1.0, num_samples=64, progress=False)
     assert [sp.transform for sp in strict.plan.spans] == ["linear", "linear"]
+
+
+def test_unit_params_and_flops_split_each_block():
+    model = half_net(num_blocks=2)
+    batches = tiny_batches(n_batches=2, batch=8)
+    half = fxapprox.analyze(model, batches, units="half", tokens="all", num_samples=16, flops=True, progress=False)
+    whole = fxapprox.analyze(model, batches, tokens="all", num_samples=16, flops=True, progress=False)
+    d, t = 32, 5
+    block = model.blocks[0]
+    attn = sum(p.numel() for m in (block.norm1, block.qkv, block.proj) for p in m.parameters())
+    mlp = sum(p.numel() for m in (block.norm2, block.fc1, block.fc2) for p in m.parameters())
+    assert half.block_params == [attn, mlp, attn, mlp]
+    attn_flops = 2 * t * d * 3 * d + 2 * (2 * t * t * d) + 2 * t * d * d  # qkv, q kᵀ, weights v, proj
+    mlp_flops = 2 * t * d * 2 * d * 2  # fc1, fc2
+    assert half.block_flops == [attn_flops, mlp_flops] * 2
+    assert [a + m for a, m in zip(half.block_flops[::2], half.block_flops[1::2])] == whole.block_flops
+    assert half.total_flops == whole.total_flops
+    assert half.tokens_per_sample == [t] * 5
+    params, flops = half.savings(-1, 0)  # block 0's attention, net of its Linear
+    assert params == attn - (d * d + d) and flops == attn_flops - 2 * t * d * d
+    chosen = half.select(flops_budget=mlp_flops / half.total_flops, metric="linear")
+    assert sum(half.savings(s, e)[1] for s, e in chosen) >= mlp_flops
+
+
+def test_version_1_plan_still_loads(tmp_path):
+    import json
+
+    from fxapprox.plan import PLAN_FORMAT
+
+    model = half_net(num_blocks=3)
+    batches = tiny_batches(n_batches=2, batch=16)
+    res = fxapprox.compress(model, batches, spans=[(0, 2)], num_samples=32, progress=False)
+    res.save(tmp_path / "plan")
+    meta_path = tmp_path / "plan" / "plan.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta.pop("format") == PLAN_FORMAT and meta.pop("units") == "block"
+    meta_path.write_text(json.dumps({**meta, "format": "fxapprox-plan/1"}))  # as version 1 wrote it
+    old = fxapprox.load(model, tmp_path / "plan")
+    assert old.plan.units == "block" and old.spans == [(0, 2)]
+    x = tiny_batches(1, batch=3, seed=5)[0]
+    with torch.no_grad():
+        assert torch.equal(old.module(x), res.module(x))
+
+
+def test_half_analysis_output_score_json_and_heatmap(tmp_path):
+    model = half_net(num_blocks=2, affine=True)
+    batches = tiny_batches(n_batches=6, batch=16)
+    an = fxapprox.analyze(model, batches, units="half", tokens="all", num_samples=64, output_samples=32,
+                          ridge=1e-9, product_dtype=torch.float64, progress=False)
+    assert an.score(-1, 0, "output") < 1e-4 and an.score(0, 1, "output") > 1e-2
+    again = fxapprox.Analysis.from_json(an.to_json())
+    assert again.units == "half" and again.score(1, 2, "output") == an.score(1, 2, "output")
+    assert an.plot(tmp_path / "half.png", metric="linear").stat().st_size > 0
