@@ -94,8 +94,8 @@ def test_parallel_block_has_no_middle_but_whole_blocks_work():
 def test_affine_attention_branches_found_and_replaced_exactly():
     model = half_net(num_blocks=3, affine=True)
     batches = tiny_batches(n_batches=6, batch=16)
-    an = fxapprox.analyze(model, batches, units="half", tokens="all", num_samples=96, product_dtype=torch.float64, ridge=1e-9,
-                          flops=True, progress=False)
+    an = fxapprox.analyze(model, batches, units="half", tokens="all", num_samples=96, ridge=1e-9,
+                          product_dtype=torch.float64, progress=False)
     assert an.units == "half" and an.num_blocks == 6
     for k in range(3):
         assert an.score(2 * k - 1, 2 * k) < 1e-5  # attention branch: exactly affine
