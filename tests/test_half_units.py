@@ -198,3 +198,44 @@ def test_half_analysis_output_score_json_and_heatmap(tmp_path):
     again = fxapprox.Analysis.from_json(an.to_json())
     assert again.units == "half" and again.score(1, 2, "output") == an.score(1, 2, "output")
     assert an.plot(tmp_path / "half.png", metric="linear").stat().st_size > 0
+
+
+def test_half_unit_plan_exports_to_onnx_with_parity(tmp_path):
+    import json
+
+    from export_helpers import image_batches, tiny_vit
+
+    from fxapprox.export import read_metadata, to_onnx
+
+    vit = tiny_vit()
+    res = fxapprox.compress(vit, image_batches(), spans=[(-1, 0), (2, 4)], units="half", num_samples=64,
+                            progress=False)
+    example = torch.randn(3, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(5))
+    record = to_onnx(res, example, tmp_path / "half.onnx", check_batch_sizes=(1, 5))
+    assert [c.batch_size for c in record.checks] == [3, 1, 5] and all(c.ok for c in record.checks)
+    meta = read_metadata(tmp_path / "half.onnx")
+    assert meta["fxapprox.spans"] == "-1->0:linear,2->4:linear"
+    assert json.loads(meta["fxapprox.plan"])["units"] == "half"
+
+
+def test_cli_compress_and_analyze_take_units(tmp_path, monkeypatch, capsys):
+    import json
+
+    import fxapprox.cli as cli
+    from fxapprox.cli import analyze as analyze_cli
+    from fxapprox.cli import compress as compress_cli
+
+    model, batches = half_net(num_blocks=2), tiny_batches(n_batches=4, batch=16)
+    monkeypatch.setattr(compress_cli, "load_model_and_calibration", lambda args: (model, None, batches))
+    monkeypatch.setattr(analyze_cli, "load_model_and_calibration", lambda args, extra_samples=0: (model, None, batches))
+    monkeypatch.setattr(cli, "_SUBCOMMANDS", ["compress", "analyze"])
+    assert cli.main(["compress", "tiny", "--data", "x", "--spans", "m1-0,2-3", "--units", "half", "--samples", "64",
+                     "--transform", "auto", "--out", str(tmp_path / "plan"), "--json", str(tmp_path / "c.json"),
+                     "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "c.json").read_text())
+    assert summary["units"] == "half" and [(s["s"], s["e"]) for s in summary["spans"]] == [(-1, 0), (2, 3)]
+    assert fxapprox.load(model, tmp_path / "plan").plan.units == "half"
+    assert cli.main(["analyze", "tiny", "--data", "x", "--units", "half", "--tokens", "all", "--samples", "64",
+                     "--json", str(tmp_path / "a.json"), "--no-progress"]) == 0
+    assert "4 half-block units" in capsys.readouterr().out
+    assert json.loads((tmp_path / "a.json").read_text())["units"] == "half"
