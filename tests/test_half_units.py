@@ -239,3 +239,18 @@ def test_cli_compress_and_analyze_take_units(tmp_path, monkeypatch, capsys):
                      "--json", str(tmp_path / "a.json"), "--no-progress"]) == 0
     assert "4 half-block units" in capsys.readouterr().out
     assert json.loads((tmp_path / "a.json").read_text())["units"] == "half"
+
+
+def test_half_unit_span_features_equal_the_compressed_modules():
+    from fxapprox.study.span_features import span_features
+
+    model, batches, _ = hf_family("dinov2")
+    x = torch.randn(5, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(3))
+    spans = [(-1, 0), (2, 3), (1, 4)]
+    feats = span_features(model, batches, spans, {"test": [{"pixel_values": x}]}, num_samples=12, units="half",
+                          progress=False)
+    for span in spans:
+        res = fxapprox.compress(model, batches, spans=[span], num_samples=12, units="half", progress=False)
+        with torch.no_grad():
+            want = res.module(pixel_values=x).last_hidden_state[:, 0]
+        torch.testing.assert_close(feats.replaced[span]["test"], want, rtol=1e-5, atol=1e-5)
