@@ -408,13 +408,13 @@ def _unit_costs(traced: Traced, device: torch.device) -> tuple[list[int], list[f
         Counting(gm).run(*flat_graph_inputs(gm, example))
     batch = example.batch_size
     units = unit_nodes(gm, traced.stack, traced.boundaries)
+    named = dict(gm.named_parameters(remove_duplicate=False))
     params = []
     for nodes in units:
         seen: dict[int, int] = {}
         for n in nodes:
             if n.op == "get_attr":
-                value = gm.get_parameter(n.target) if n.target in dict(gm.named_parameters()) else None
-                tensors = [value] if value is not None else []
+                tensors = [named[n.target]] if n.target in named else []
             elif n.op == "call_module":
                 tensors = list(gm.get_submodule(n.target).parameters())
             else:

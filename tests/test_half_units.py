@@ -110,6 +110,9 @@ def test_affine_attention_branches_found_and_replaced_exactly():
         assert not any(key.startswith(f"blocks.{k}.proj.") for key in keys)  # attention gone
         assert any(key.startswith(f"blocks.{k}.fc1.") for key in keys)  # MLP kept
     assert len(res.record.added_modules) == 3
+    by_output = fxapprox.compress(model, batches, num_blocks=3, units="half", metric="output", num_samples=96,
+                                  ridge=1e-9, progress=False)
+    assert by_output.spans == [(-1, 0), (1, 2), (3, 4)]
 
 
 def test_half_spans_cross_block_edges_and_reload(tmp_path):
@@ -254,3 +257,17 @@ def test_half_unit_span_features_equal_the_compressed_modules():
         with torch.no_grad():
             want = res.module(pixel_values=x).last_hidden_state[:, 0]
         torch.testing.assert_close(feats.replaced[span]["test"], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family, attention", [
+    ("dinov2", ("norm1", "attention", "layer_scale1")), ("bert", ("attention",)),
+])
+def test_export_graph_unit_params_split_each_block(family, attention):
+    model, batches, _ = hf_family(family)
+    an = fxapprox.analyze(model, batches, units="half", tokens="all", num_samples=12, progress=False)
+    stack = find_block_stack(model)
+    for k in range(stack.num_blocks):
+        block = model.get_submodule(stack.block_path(k))
+        attn = sum(p.numel() for name in attention for p in block.get_submodule(name).parameters())
+        assert an.block_params[2 * k] == attn
+        assert an.block_params[2 * k] + an.block_params[2 * k + 1] == sum(p.numel() for p in block.parameters())
