@@ -184,6 +184,7 @@ def plan_metadata(plan: Any) -> dict[str, str]:
         "model_class": plan.model_class,
         "blocks": plan.blocks,
         "num_blocks": plan.num_blocks,
+        "units": getattr(plan, "units", "block"),  # "half": spans count half blocks, removed_blocks units
         "num_samples": plan.num_samples,
         "ridge": plan.ridge,
         "spans": spans,

@@ -1,7 +1,8 @@
 """Model + calibration batches → `Analysis`: every span `(s, e)` scored by every metric in one pass.
 
 `analyze()` runs the eager model with hooks on its blocks (no graph capture: scoring needs no
-rewrite), watches every boundary `H_-1 .. H_{L-1}`, streams the batches into `BoundaryMoments`
+rewrite; with `units="half"` it captures the graph, whose middle boundaries `M_k` hooks cannot
+see, and runs that), watches every boundary `H_-1 .. H_{L-1}`, streams the batches into `BoundaryMoments`
 (no activation is kept; the pass stops after the last block) and turns them into one score matrix per metric
 (see `fxapprox.metrics`). With `output_samples=N` it also traces the model and scores each span
 by the error of the final features on the next N samples (`fxapprox.output_score`). The
@@ -26,13 +27,15 @@ import torch
 from torch import nn
 
 from fxapprox.blocks import BlockStack, find_block_stack
-from fxapprox.calibrate import Tokens, calibrate_eager, iter_batches, split_samples
+from fxapprox.boundaries import UNITS, unit_nodes
+from fxapprox.calibrate import Tokens, calibrate, calibrate_eager, iter_batches, split_samples
+from fxapprox.capture import flat_graph_inputs
 from fxapprox.errors import MissingScoreError, SpanError
 from fxapprox.fit import DEFAULT_RIDGE
 from fxapprox.inputs import ModelInputs
 from fxapprox.metrics import METRIC_INFO, METRICS, check_metric, cost, heldout_matrix, score_matrix
 from fxapprox.output_score import check_output_target, output_damage
-from fxapprox.prepare import model_device, trace
+from fxapprox.prepare import Traced, model_device, trace
 from fxapprox.select import best_spans, best_spans_for_saving, candidate_costs, span_savings
 from fxapprox.spans import all_spans
 from fxapprox.stats import BoundaryMoments, FoldedMoments
@@ -53,12 +56,14 @@ class UnderdeterminedScoreWarning(UserWarning):
 class Analysis:
     """Scores of every span `(s, e)` under every metric; `scores[m][s + 1, e + 1]`, NaN where undefined.
 
-    `block_params[b]` / `block_flops[b]` (per sample) are block b's cost; `tokens_per_sample[k + 1]`
-    the tokens per sample at boundary `H_k` (FLOPs of a replacing Linear); `output_samples` the
-    held-out samples of the `output` score (0: not computed), `output_target` what it compared
-    (`"logits"`: KL divergence of the head's predictions, `"features"`: relative error of the
-    pooled final features) and, for logits, `output_agreement[s + 1, e + 1]` the top-1 agreement
-    with the original predictions.
+    Spans count `units`: blocks, or with `units="half"` half blocks (`num_blocks` is then the number
+    of units, 2L: unit 2k is block k's attention branch, 2k+1 its MLP). `block_params[u]` /
+    `block_flops[u]` (per sample) are unit u's cost; `tokens_per_sample[k + 1]` the tokens per
+    sample at boundary k (FLOPs of a replacing Linear); `output_samples` the held-out samples of
+    the `output` score (0: not computed), `output_target` what it compared (`"logits"`: KL
+    divergence of the head's predictions, `"features"`: relative error of the pooled final
+    features) and, for logits, `output_agreement[s + 1, e + 1]` the top-1 agreement with the
+    original predictions.
     """
 
     model: str
@@ -79,6 +84,7 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
     output_target: str = ""
     output_agreement: np.ndarray | None = None
+    units: str = "block"
 
     # --- reading scores -------------------------------------------------------------------
 
@@ -200,7 +206,8 @@ class Analysis:
             "tokens_per_sample": self.tokens_per_sample, "output_samples": self.output_samples, "notes": self.notes,
             "output_target": self.output_target,
             "output_agreement": None if self.output_agreement is None else clean(self.output_agreement),
-            "index": "scores[metric][s + 1][e + 1] scores span (s, e): blocks s+1..e replaced",
+            "units": self.units,
+            "index": f"scores[metric][s + 1][e + 1] scores span (s, e): {self.units}s s+1..e replaced",
             "scores": {m: clean(v) for m, v in self.scores.items()},
         }
 
@@ -280,6 +287,12 @@ class Analysis:
         plt.close(fig)
         return path
 
+    def _label(self, k: int) -> str:
+        """Boundary k as a tick label: the block index, or in half units `3a` (M_3) / `3m` (H_3)."""
+        if self.units != "half" or k < 0:
+            return str(k)
+        return f"{k // 2}{'am'[k % 2]}"
+
     def _heatmap(self, ax, fig, metric: str, short: bool = False) -> None:
         info = METRIC_INFO[metric]
         mat = self.scores[metric][:-1, 1:]  # rows s = -1..L-2, columns e = 0..L-1
@@ -287,10 +300,11 @@ class Analysis:
         cmap = "viridis" if info.higher_is_redundant else "viridis_r"
         im = ax.imshow(masked, cmap=cmap, interpolation="nearest")
         n = self.num_blocks
-        ax.set_xticks(range(n), [str(e) for e in range(n)])
-        ax.set_yticks(range(n), [str(s) for s in range(-1, n - 1)])
-        ax.set_xlabel("e (target block output)")
-        ax.set_ylabel("s (source block output, -1 = embeddings)")
+        ax.set_xticks(range(n), [self._label(e) for e in range(n)])
+        ax.set_yticks(range(n), [self._label(s) for s in range(-1, n - 1)])
+        unit = "boundary: ka = block k after attention, km = block k output" if self.units == "half" else "block output"
+        ax.set_xlabel(f"e (target {unit})")
+        ax.set_ylabel(f"s (source {'boundary' if self.units == 'half' else 'block output'}, -1 = embeddings)")
         ax.set_title(metric if short else f"{self.model}\n{metric}, {self.tokens} tokens, {self.samples} samples",
                      fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=info.description)
@@ -363,7 +377,8 @@ def _count_flops(model: nn.Module, stack: BlockStack, sample: ModelInputs) -> tu
 def _output_matrix(model: nn.Module, stack: BlockStack, first: ModelInputs, moments: BoundaryMoments,
                    calib: Iterable[ModelInputs], rest: Iterator[ModelInputs], *, tokens: Tokens, num_samples: int,
                    output_samples: int, max_len: int | None, ridge: float, device: torch.device,
-                   target: str, progress: bool) -> tuple[np.ndarray, np.ndarray | None, str, str]:
+                   target: str, progress: bool, traced: Traced | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None, str, str]:
     """The `output` score matrix (maps fitted on the calibration samples' tokens, damage on the next
     `output_samples` samples of `rest`), the agreement matrix (logits only), what was compared and
     the capture path of the graph it ran."""
@@ -376,14 +391,14 @@ def _output_matrix(model: nn.Module, stack: BlockStack, first: ModelInputs, mome
             f"measured on the samples after the calibration ones): pass a loader with at least "
             f"{num_samples + output_samples} samples, or lower num_samples or output_samples")
     if tokens != "all":  # the maps are fitted on every token, as compress fits them
-        moments = calibrate_eager(model, stack, moments.indices, calib, num_samples, tokens="all", device=device,
-                                  progress=progress)
-    traced = trace(model, first, stack)
-    damage = output_damage(traced, moments, held_out, all_spans(stack.num_blocks, max_len), ridge=ridge,
+        moments = _calibrate(model, stack, traced, moments.indices, calib, num_samples, tokens="all", device=device,
+                             progress=progress)
+    traced = traced or trace(model, first, stack)
+    damage = output_damage(traced, moments, held_out, all_spans(traced.num_units, max_len), ridge=ridge,
                            target=target, progress=progress)
 
     def matrix(values: dict[Span, float]) -> np.ndarray:
-        out = np.full((stack.num_blocks + 1, stack.num_blocks + 1), np.nan)
+        out = np.full((traced.num_units + 1, traced.num_units + 1), np.nan)
         for (s, e), value in values.items():
             out[s + 1, e + 1] = value
         return out
@@ -392,11 +407,60 @@ def _output_matrix(model: nn.Module, stack: BlockStack, first: ModelInputs, mome
     return matrix(damage.scores), agreement, damage.target, traced.capture_path
 
 
+def _calibrate(model: nn.Module, stack: BlockStack, traced: Traced | None, indices: list[int],
+               batches: Iterable[ModelInputs], num_samples: int, **kwargs: Any):
+    """Calibrate through block hooks, or through the captured graph when `traced` is given."""
+    if traced is None:
+        return calibrate_eager(model, stack, indices, batches, num_samples, **kwargs)
+    return calibrate(traced.module, traced.boundaries, indices, batches, num_samples, **kwargs)
+
+
+def _unit_costs(traced: Traced, device: torch.device) -> tuple[list[int], list[float], float, list[int]]:
+    """Per unit of a graph with the blocks' insides: parameters and FLOPs per sample (each node's
+    FLOPs on the example batch), the model's FLOPs per sample, and tokens per sample at each boundary."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    gm, example = traced.module, traced.example.to(device)
+    per_node: dict[torch.fx.Node, float] = {}
+    tokens: dict[torch.fx.Node, int] = {}
+    bounds = set(traced.boundaries.nodes)
+
+    class Counting(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> Any:
+            before = counter.get_total_flops()
+            result = super().run_node(n)
+            per_node[n] = counter.get_total_flops() - before
+            if n in bounds:
+                tokens[n] = _tokens_of(result)
+            return result
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        Counting(gm).run(*flat_graph_inputs(gm, example))
+    batch = example.batch_size
+    units = unit_nodes(gm, traced.stack, traced.boundaries)
+    named = dict(gm.named_parameters(remove_duplicate=False))
+    params = []
+    for nodes in units:
+        seen: dict[int, int] = {}
+        for n in nodes:
+            if n.op == "get_attr":
+                tensors = [named[n.target]] if n.target in named else []
+            elif n.op == "call_module":
+                tensors = list(gm.get_submodule(n.target).parameters())
+            else:
+                tensors = []
+            seen.update({id(t): t.numel() for t in tensors})
+        params.append(sum(seen.values()))
+    unit_flops = [sum(per_node.get(n, 0.0) for n in nodes) / batch for nodes in units]
+    per_tokens = [tokens[n] for n in traced.boundaries.nodes]
+    return params, unit_flops, float(counter.get_total_flops()) / batch, per_tokens
+
+
 def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int = 50, tokens: Tokens = "cls",
             blocks: str | None = None, ridge: float = DEFAULT_RIDGE, flops: bool = False,
             holdout_folds: int = 0, output_samples: int = 0, output_max_len: int | None = None,
             output_target: str = "auto", product_dtype: torch.dtype | str | None = "auto",
-            progress: bool = True) -> Analysis:
+            progress: bool = True, units: str = "block") -> Analysis:
     """Score every span `(s, e)` of `model`'s block stack with every metric, from one calibration pass.
 
     `tokens`: `"cls"` (first token, the papers' choice), `"mean"` (mean of unmasked tokens) or
@@ -421,6 +485,9 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
     `"mean"` (few rows, exact) and the activations' dtype for `"all"` (float32 for float32
     models: about half the time of float64, scores within ~1e-5 relative); None: always the
     activations' dtype.
+    `units="half"` scores spans of half blocks (boundaries -1 .. 2L-1, see `compress`): the model is
+    captured with the blocks' insides and calibrated through the graph; parameters and FLOPs are
+    counted per unit on the graph.
     """
     if tokens not in _TOKENS:
         raise ValueError(f"tokens={tokens!r} is not one of {_TOKENS}")
@@ -430,44 +497,51 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
     if output_samples < 0 or (output_max_len is not None and output_max_len < 1):
         raise ValueError(f"output_samples={output_samples} must be >= 0 and output_max_len={output_max_len} "
                          "None or >= 1")
+    if units not in UNITS:
+        raise ValueError(f"units={units!r} is not one of {UNITS}")
     stack = find_block_stack(model, blocks)
     device = model_device(model)
     first, batches = iter_batches(calib_loader)
+    traced = trace(model, first, stack, units) if units == "half" else None
     if output_samples:  # the calibration samples, then the held-out ones
         batches, rest = split_samples(batches, num_samples)
         if tokens != "all":
             batches = list(batches)  # calibrated again on all tokens for the output score's maps
-    indices = list(range(-1, stack.num_blocks))
+    indices = list(range(-1, traced.num_units if traced is not None else stack.num_blocks))
     if product_dtype == "auto":
         product_dtype = None if tokens == "all" else torch.float64
     folded = FoldedMoments(indices, holdout_folds, product_dtype=product_dtype) if holdout_folds else None
     model.eval()
-    moments = calibrate_eager(model, stack, indices, batches, num_samples, tokens=tokens, device=device,
-                              progress=progress,
-                              moments=folded or BoundaryMoments(indices, product_dtype=product_dtype))
+    moments = _calibrate(model, stack, traced, indices, batches, num_samples, tokens=tokens, device=device,
+                         progress=progress, moments=folded or BoundaryMoments(indices, product_dtype=product_dtype))
     if folded is not None:
         moments = folded.total()
     widths = [moments.dims[k] for k in indices]
     scores = {m: score_matrix(moments, m, ridge=ridge) for m in METRICS}
     if folded is not None:
         scores["heldout"] = heldout_matrix(folded, moments, ridge=ridge)
-    capture_path, agreement, target = "eager block hooks", None, ""
+    agreement, target = None, ""
+    capture_path = "eager block hooks" if traced is None else f"{traced.capture_path} (blocks' insides)"
     if output_samples:
         scores["output"], agreement, target, path = _output_matrix(
             model, stack, first, moments, batches, rest, tokens=tokens, num_samples=num_samples,
             output_samples=output_samples, max_len=output_max_len, ridge=ridge, device=device,
-            target=output_target, progress=progress)
+            target=output_target, progress=progress, traced=traced)
         capture_path += f"; output score: {path}"
     an = Analysis(
-        model=_model_name(model), num_blocks=stack.num_blocks, tokens=tokens, samples=moments.samples,
+        model=_model_name(model), num_blocks=len(indices) - 1, tokens=tokens, samples=moments.samples,
         rows=moments.rows, widths=list(widths), ridge=ridge, scores=scores, capture_path=capture_path,
-        output_samples=output_samples,
+        output_samples=output_samples, units=units,
         output_target=target, output_agreement=agreement,
         block_params=[sum(p.numel() for p in model.get_submodule(stack.block_path(i)).parameters())
                       for i in range(stack.num_blocks)],
         total_params=sum(p.numel() for p in model.parameters()),
     )
-    if flops:
+    if traced is not None:
+        an.block_params, unit_flops, total_flops, per_tokens = _unit_costs(traced, device)
+        if flops:
+            an.block_flops, an.total_flops, an.tokens_per_sample = unit_flops, total_flops, per_tokens
+    elif flops:
         try:
             sample = first.take(1).to(device)
             an.block_flops, an.total_flops, an.tokens_per_sample = _count_flops(model, stack, sample)
@@ -480,5 +554,5 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
                 "(holdout_folds=2)")
         an.notes.append(note)
         warnings.warn(note, UnderdeterminedScoreWarning, stacklevel=2)
-    log.info("analysed %s: %d blocks, %d samples, %d rows", an.model, an.num_blocks, an.samples, an.rows)
+    log.info("analysed %s: %d %ss, %d samples, %d rows", an.model, an.num_blocks, units, an.samples, an.rows)
     return an

@@ -49,8 +49,9 @@ class _LeafBlockTracer(torch.fx.Tracer):
         return module_qualified_name in self._block_paths or super().is_leaf_module(m, module_qualified_name)
 
 
-def _symbolic_trace(model: nn.Module, stack: BlockStack, inputs: ModelInputs) -> torch.fx.GraphModule:
-    tracer = _LeafBlockTracer({stack.block_path(i) for i in range(stack.num_blocks)})
+def _symbolic_trace(model: nn.Module, stack: BlockStack, inputs: ModelInputs,
+                    inline_blocks: bool = False) -> torch.fx.GraphModule:
+    tracer = _LeafBlockTracer(set() if inline_blocks else {stack.block_path(i) for i in range(stack.num_blocks)})
     graph = tracer.trace(model)
     gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -127,18 +128,23 @@ def _without_kv_cache(model: nn.Module):
         config.use_cache = True
 
 
-def capture(model: nn.Module, inputs: ModelInputs, stack: BlockStack) -> Captured:
-    """Trace `model` on `inputs` with the blocks of `stack` as leaves, else export it."""
+def capture(model: nn.Module, inputs: ModelInputs, stack: BlockStack, *, inline_blocks: bool = False) -> Captured:
+    """Trace `model` on `inputs` with the blocks of `stack` as leaves, else export it.
+
+    `inline_blocks=True` traces the blocks' insides too (half units need them); their nodes carry
+    `nn_module_stack` as export's do.
+    """
     model.eval()
     with _without_kv_cache(model):
-        return _capture(model, inputs, stack)
+        return _capture(model, inputs, stack, inline_blocks)
 
 
-def _capture(model: nn.Module, inputs: ModelInputs, stack: BlockStack) -> Captured:
+def _capture(model: nn.Module, inputs: ModelInputs, stack: BlockStack, inline_blocks: bool) -> Captured:
     errors = []
     try:
-        gm = _symbolic_trace(model, stack, inputs)
-        log.info("captured %s with torch.fx.symbolic_trace (blocks as leaves)", type(model).__name__)
+        gm = _symbolic_trace(model, stack, inputs, inline_blocks)
+        log.info("captured %s with torch.fx.symbolic_trace (%s)", type(model).__name__,
+                 "blocks inlined" if inline_blocks else "blocks as leaves")
         return Captured(gm, "symbolic_trace")
     except Exception as err:  # any trace failure sends us to the export path
         errors.append(f"symbolic_trace: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")

@@ -2,13 +2,15 @@
 
 `compress()` captures the model, finds its blocks and their boundary nodes, streams the
 calibration batches into boundary moments, chooses spans (given, or `num_blocks` by score),
-fits each span's transform and rewrites the graph. `load()` re-applies a saved plan without
-calibration data.
+fits each span's transform and rewrites the graph. `units="half"` counts spans in half blocks
+(attention branch, MLP branch); `transform="auto"` picks identity or affine per span. `load()`
+re-applies a saved plan without calibration data.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from fxapprox.blocks import find_block_stack
+from fxapprox.boundaries import UNITS
 from fxapprox.calibrate import calibrate, iter_batches
 from fxapprox.errors import MissingScoreError, PlanMismatchError, SpanError
 from fxapprox.fit import DEFAULT_RIDGE, fit_affine, identity_residual
@@ -31,12 +34,14 @@ from fxapprox.select import best_spans, candidate_costs, select_spans
 from fxapprox.spans import all_spans, validate_spans
 from fxapprox.stats import FoldedMoments
 
-__all__ = ["compress", "load", "CompressionResult", "TRANSFORMS", "OUTPUT_METRIC"]
+__all__ = ["compress", "load", "CompressionResult", "TRANSFORMS", "OUTPUT_METRIC", "DEFAULT_AUTO_TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
-TRANSFORMS = ("linear", "identity")
+TRANSFORMS = ("linear", "identity", "auto")
 OUTPUT_METRIC = "output"
+# transform="auto": identity when its normalised residual exceeds the affine map's by at most this.
+DEFAULT_AUTO_TOLERANCE = 0.01
 
 
 @dataclass
@@ -67,6 +72,22 @@ class CompressionResult:
 
 def _count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def _fit_span(moments, s: int, e: int, transform: str, widths: list[int], ridge: float, tolerance: float,
+              weights: dict[str, torch.Tensor]) -> SpanPlan:
+    """Span `(s, e)`'s transform fitted on `moments` (its weights into `weights`). `"auto"`: the
+    identity where the widths match and its residual is within `tolerance` of the affine map's."""
+    if transform != "linear":
+        ident = identity_residual(moments, s, e) if widths[s + 1] == widths[e + 1] else math.inf
+        if transform == "identity":
+            return SpanPlan(s, e, "identity", ident, widths[s + 1], widths[e + 1])
+    fit = fit_affine(moments, s, e, ridge)
+    if transform == "auto" and ident <= fit.residual + tolerance:
+        return SpanPlan(s, e, "identity", ident, widths[s + 1], widths[e + 1])
+    sp = SpanPlan(s, e, "linear", fit.residual, widths[s + 1], widths[e + 1])
+    weights[f"{sp.key}.weight"], weights[f"{sp.key}.bias"] = fit.weight, fit.bias
+    return sp
 
 
 def _check_identity_widths(spans, transform: str, widths: list[int]) -> None:
@@ -111,10 +132,10 @@ def _select_by_output(traced: Traced, moments, inputs: ModelInputs, num_blocks: 
     map replaces it and its damage to the model's output on `inputs` (the first calibration batch;
     see `output_score`) is its cost; then the same dynamic program as for the other metrics."""
     widths = traced.widths
-    candidates = [(s, e) for s, e in all_spans(traced.stack.num_blocks, num_blocks)
+    candidates = [(s, e) for s, e in all_spans(traced.num_units, num_blocks)
                   if transform != "identity" or widths[s + 1] == widths[e + 1]]
     costs = output_scores(traced, moments, [inputs], candidates, transform=transform, ridge=ridge, target=target)
-    return best_spans(costs, traced.stack.num_blocks, num_blocks)
+    return best_spans(costs, traced.num_units, num_blocks)
 
 
 def _select_by_heldout(folded: FoldedMoments, moments, num_blocks_total: int, num_blocks: int, transform: str,
@@ -129,7 +150,8 @@ def _select_by_heldout(folded: FoldedMoments, moments, num_blocks_total: int, nu
 def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple[int, int]] | None = None,
              num_blocks: int | None = None, transform: str = "linear", metric: str = OUTPUT_METRIC,
              num_samples: int = 500, blocks: str | None = None, ridge: float = DEFAULT_RIDGE,
-             output_target: str = "auto", progress: bool = True) -> CompressionResult:
+             output_target: str = "auto", progress: bool = True, units: str = "block",
+             auto_tolerance: float = DEFAULT_AUTO_TOLERANCE) -> CompressionResult:
     """Replace spans of blocks of `model` by closed-form maps fitted on `calib_loader`.
 
     Give `spans=[(s, e), ...]` (blocks s+1..e are replaced), or `num_blocks=k` to let the
@@ -142,6 +164,11 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
     compares pooled features (for a model with a head, of the last block's output). Every metric
     `Analysis.select` takes is accepted: `"heldout"` calibrates 2-fold moments (batch i → fold
     i mod 2) for it.
+    `units="half"` counts spans and `num_blocks` in half blocks: boundary 2k is block k's stream
+    after its attention branch, 2k+1 its output, so `(2k-1, 2k)` is block k's attention branch
+    alone and `(2k, 2k+1)` its MLP. `transform="auto"` replaces each span by the identity where its
+    normalised calibration residual is at most `auto_tolerance` above the affine map's (and the
+    widths match), else by the affine map; spans are chosen as for `"linear"`.
     """
     if transform not in TRANSFORMS:
         raise ValueError(f"transform={transform!r} is not one of {TRANSFORMS}")
@@ -152,47 +179,45 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
     if metric not in METRIC_INFO:
         raise MissingScoreError(f"compress takes metric= one of {tuple(METRIC_INFO)}, not {metric!r}")
     check_output_target(output_target)
+    if units not in UNITS:
+        raise ValueError(f"units={units!r} is not one of {UNITS}")
     stack = find_block_stack(model, blocks)
+    num_units = stack.num_blocks * (2 if units == "half" else 1)
     if spans is not None:
-        spans = validate_spans(spans, stack.num_blocks)
-    elif not 1 <= num_blocks <= stack.num_blocks:
+        spans = validate_spans(spans, num_units, units)
+    elif not 1 <= num_blocks <= num_units:
         raise SpanError(
-            f"num_blocks={num_blocks} cannot be removed from a model with {stack.num_blocks} "
-            f"blocks: choose 1 <= num_blocks <= {stack.num_blocks}"
+            f"num_blocks={num_blocks} cannot be removed from a model with {num_units} "
+            f"{'half-block units' if units == 'half' else 'blocks'}: choose 1 <= num_blocks <= {num_units}"
         )
     params_before = _count_params(model)
     first, batches = iter_batches(calib_loader)
-    traced = trace(model, first, stack)
+    traced = trace(model, first, stack, units)
     widths = traced.widths
     if spans is not None:
         _check_identity_widths(spans, transform, widths)
         watched = sorted({k for span in spans for k in span})
     else:
-        watched = list(range(-1, stack.num_blocks))
+        watched = list(range(-1, num_units))
     folded = FoldedMoments(watched) if spans is None and metric == "heldout" else None
     moments = calibrate(traced.module, traced.boundaries, watched, batches, num_samples,
                         device=model_device(model), progress=progress, moments=folded)
+    chooser = "linear" if transform == "auto" else transform
     if folded is not None:
         moments = folded.total()
-        spans = _select_by_heldout(folded, moments, stack.num_blocks, num_blocks, transform, widths, ridge)
+        spans = _select_by_heldout(folded, moments, num_units, num_blocks, chooser, widths, ridge)
     elif spans is None and metric == OUTPUT_METRIC:
-        spans = _select_by_output(traced, moments, first.to(model_device(model)), num_blocks, transform, ridge,
+        spans = _select_by_output(traced, moments, first.to(model_device(model)), num_blocks, chooser, ridge,
                                   output_target)
     elif spans is None:
-        spans = select_spans(moments, stack.num_blocks, num_blocks, metric=metric, transform=transform,
+        spans = select_spans(moments, num_units, num_blocks, metric=metric, transform=chooser,
                              widths=widths, ridge=ridge)
     if num_blocks is not None:
         log.info("selected spans %s by %s score", spans, metric)
     plan = Plan(type(model).__name__, stack.path, stack.num_blocks, [], moments.samples, ridge,
-                example=traced.example)
-    for s, e in spans:
-        if transform == "linear":
-            fit = fit_affine(moments, s, e, ridge)
-            sp = SpanPlan(s, e, "linear", fit.residual, widths[s + 1], widths[e + 1])
-            plan.weights[f"{sp.key}.weight"], plan.weights[f"{sp.key}.bias"] = fit.weight, fit.bias
-        else:
-            sp = SpanPlan(s, e, "identity", identity_residual(moments, s, e), widths[s + 1], widths[e + 1])
-        plan.spans.append(sp)
+                example=traced.example, units=units)
+    plan.spans = [_fit_span(moments, s, e, transform, widths, ridge, auto_tolerance, plan.weights)
+                  for s, e in spans]
     record = _rewrite(traced, plan, _reference_param(model))
     result = CompressionResult(traced.module, plan, traced.capture_path, params_before,
                                _count_params(traced.module), record)
@@ -220,7 +245,7 @@ def load(model: nn.Module, path: str | Path, *, example_inputs: Any = None) -> C
         )
     example = plan.example if example_inputs is None else as_model_inputs(example_inputs)
     params_before = _count_params(model)
-    traced = trace(model, example, stack)
+    traced = trace(model, example, stack, plan.units)
     widths = traced.widths
     for sp in plan.spans:
         if (widths[sp.s + 1], widths[sp.e + 1]) != (sp.in_features, sp.out_features):

@@ -9,6 +9,7 @@ __all__ = [
     "FxApproxError",
     "CaptureError",
     "BlockDiscoveryError",
+    "NoMiddleBoundaryError",
     "NoBlockStackError",
     "AmbiguousBlockStackError",
     "SpanError",
@@ -40,6 +41,10 @@ class CaptureError(FxApproxError):
 
 class BlockDiscoveryError(FxApproxError):
     """The stack of repeated blocks, or a block's output node, could not be identified."""
+
+
+class NoMiddleBoundaryError(BlockDiscoveryError):
+    """A block has no middle boundary `M_k` (e.g. parallel attention + MLP): no half units on it."""
 
 
 class NoBlockStackError(BlockDiscoveryError):

@@ -1,7 +1,8 @@
 """Compression plan (spans, transforms, fitted weights, example inputs) ↔ a directory of JSON + safetensors.
 
-`plan.json` holds everything but tensors; `weights.safetensors` holds each linear span's
-`weight`/`bias` and the example inputs the graph is re-captured with. Nothing is pickled.
+`plan.json` holds everything but tensors (format 2 adds `units`; format 1 plans, whole-block spans,
+still load); `weights.safetensors` holds each linear span's `weight`/`bias` and the example inputs
+the graph is re-captured with. Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from fxapprox.inputs import ModelInputs
 
 __all__ = ["SpanPlan", "Plan", "PLAN_FORMAT"]
 
-PLAN_FORMAT = "fxapprox-plan/1"
+PLAN_FORMAT = "fxapprox-plan/2"
+_READABLE = ("fxapprox-plan/1", PLAN_FORMAT)  # version 1: whole-block spans, no `units` field
 _JSON, _WEIGHTS = "plan.json", "weights.safetensors"
 
 
 @dataclass
 class SpanPlan:
-    """One replaced span: blocks s+1..e, its transform and its residual on the calibration data."""
+    """One replaced span: units s+1..e (blocks, or half blocks), its transform and its residual on the
+    calibration data."""
 
     s: int
     e: int
@@ -50,6 +53,7 @@ class Plan:
     num_samples: int
     ridge: float
     source: str | None = None  # how to load the model again (asset name, directory or hub id)
+    units: str = "block"  # what span indices count: "block", or "half" (boundaries -1 .. 2L-1)
     weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     example: ModelInputs = field(default_factory=ModelInputs, repr=False)
 
@@ -78,8 +82,9 @@ class Plan:
                 "written by CompressionResult.save)"
             )
         meta: dict[str, Any] = json.loads((path / _JSON).read_text())
-        if meta.pop("format", None) != PLAN_FORMAT:
-            raise PlanMismatchError(f"{path / _JSON} is not in format {PLAN_FORMAT}")
+        version = meta.pop("format", None)
+        if version not in _READABLE:
+            raise PlanMismatchError(f"{path / _JSON} is in format {version!r}, not one of {_READABLE}")
         tensors = load_file(str(path / _WEIGHTS))
         args = [tensors[k] for k in sorted((k for k in tensors if k.startswith("example.arg.")),
                                            key=lambda k: int(k.rsplit(".", 1)[1]))]

@@ -1,8 +1,9 @@
 """Model + calibration loader (or one example batch) → the traced graph every pipeline starts from.
 
-`trace()` captures the model on an example batch, finds its boundary nodes `H_-1 .. H_{L-1}` and
-their widths; `prepare()` does the same from the first batch of a calibration loader and hands
-back the batches to calibrate on. `compress`, `load`, `analyze` and `span_features` all begin here.
+`trace()` captures the model on an example batch, finds its boundary nodes `H_-1 .. H_{L-1}` (with
+`units="half"` also the middles `M_k`) and their widths; `prepare()` does the same from the first
+batch of a calibration loader and hands back the batches to calibrate on. `compress`, `load`,
+`analyze` and `span_features` all begin here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from fxapprox.blocks import BlockStack, find_block_stack
-from fxapprox.boundaries import Boundaries, find_boundaries
+from fxapprox.boundaries import UNITS, Boundaries, find_boundaries
 from fxapprox.calibrate import iter_batches
 from fxapprox.capture import capture, flat_graph_inputs
 from fxapprox.inputs import ModelInputs
@@ -31,8 +32,18 @@ class Traced:
     capture_path: str
     stack: BlockStack
     boundaries: Boundaries
-    widths: list[int]  # widths[k + 1] is the width of H_k
+    widths: list[int]  # widths[k + 1] is the width of boundary k
     example: ModelInputs
+
+    @property
+    def units(self) -> str:
+        """"block" or "half" (boundaries `-1 .. 2L-1`)."""
+        return self.boundaries.units
+
+    @property
+    def num_units(self) -> int:
+        """Number of units spans are counted in: blocks, or half blocks."""
+        return self.boundaries.num_units
 
 
 @dataclass
@@ -58,27 +69,39 @@ def example_batch(first: ModelInputs) -> ModelInputs:
     return first.map_tensors(lambda t: torch.cat([t, t]))
 
 
+def _propagate_shapes(gm: torch.fx.GraphModule, example: ModelInputs) -> None:
+    """Give a symbolic trace's nodes `tensor_meta` (export graphs carry `val` already)."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*flat_graph_inputs(gm, example))
+
+
 def _widths(gm: torch.fx.GraphModule, boundaries: Boundaries, example: ModelInputs) -> list[int]:
     if not all(isinstance(n.meta.get("val"), torch.Tensor) for n in boundaries.nodes):
-        from torch.fx.passes.shape_prop import ShapeProp
-
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*flat_graph_inputs(gm, example))
+        if not all("tensor_meta" in n.meta for n in boundaries.nodes):
+            _propagate_shapes(gm, example)
         return [n.meta["tensor_meta"].shape[-1] for n in boundaries.nodes]
     return [n.meta["val"].shape[-1] for n in boundaries.nodes]
 
 
-def trace(model: nn.Module, example: ModelInputs, stack: BlockStack) -> Traced:
-    """Capture `model` on `example` (moved to the model's device) and locate its boundaries."""
+def trace(model: nn.Module, example: ModelInputs, stack: BlockStack, units: str = "block") -> Traced:
+    """Capture `model` on `example` (moved to the model's device) and locate its boundaries in
+    `units` ("block", or "half": the blocks' insides are traced and the middles `M_k` found too)."""
+    if units not in UNITS:
+        raise ValueError(f"units={units!r} is not one of {UNITS}")
     example = example_batch(example).to(model_device(model))
-    captured = capture(model, example, stack)
-    boundaries = find_boundaries(captured.module, stack)
+    captured = capture(model, example, stack, inline_blocks=units == "half")
+    if units == "half" and captured.path == "symbolic_trace":
+        _propagate_shapes(captured.module, example)  # middles are found on tensor-valued nodes
+    boundaries = find_boundaries(captured.module, stack, units)
     return Traced(captured.module, captured.path, stack, boundaries,
                   _widths(captured.module, boundaries, example), example)
 
 
-def prepare(model: nn.Module, calib_loader: Iterable[Any], blocks: str | None = None) -> Prepared:
+def prepare(model: nn.Module, calib_loader: Iterable[Any], blocks: str | None = None,
+            units: str = "block") -> Prepared:
     """Find the block stack, trace on the loader's first batch, keep the batches for calibration."""
     stack = find_block_stack(model, blocks)
     first, batches = iter_batches(calib_loader)
-    return Prepared(trace(model, first, stack), batches, model_device(model))
+    return Prepared(trace(model, first, stack, units), batches, model_device(model))

@@ -13,8 +13,9 @@ from fxapprox.errors import SpanError
 __all__ = ["validate_spans", "all_spans", "parse_spans"]
 
 
-def validate_spans(spans: Iterable[tuple[int, int]], num_blocks: int) -> list[tuple[int, int]]:
-    """Check range and overlap; return the spans sorted by start."""
+def validate_spans(spans: Iterable[tuple[int, int]], num_blocks: int, units: str = "block") -> list[tuple[int, int]]:
+    """Check range and overlap; return the spans sorted by start. `num_blocks` counts `units`
+    (with `units="half"`, twice the blocks: unit 2k is block k's attention branch, 2k+1 its MLP)."""
     checked = []
     for span in spans:
         try:
@@ -24,7 +25,8 @@ def validate_spans(spans: Iterable[tuple[int, int]], num_blocks: int) -> list[tu
         if not -1 <= s < e <= num_blocks - 1:
             raise SpanError(
                 f"span ({s}, {e}) is out of range: need -1 <= s < e <= {num_blocks - 1} for a model "
-                f"with {num_blocks} blocks ((s, e) removes blocks s+1..e; s = -1 starts at the embeddings)"
+                f"with {num_blocks} {'half-block units' if units == 'half' else 'blocks'} ((s, e) removes "
+                f"{'units' if units == 'half' else 'blocks'} s+1..e; s = -1 starts at the embeddings)"
             )
         checked.append((s, e))
     if not checked:

@@ -129,3 +129,50 @@ def timm_vit():
     torch.manual_seed(0)
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=IMAGE, patch_size=8,
                              embed_dim=32, depth=4, num_heads=2, num_classes=5).eval()
+
+
+# --- attention + MLP blocks (half units) -------------------------------------------------------
+
+class HalfBlock(nn.Module):
+    """Pre-norm block `M = x + attn(x)`, `H = M + mlp(norm(M))` ("pre"), or the same with the
+    branches side by side, `H = x + attn(x) + mlp(norm(x))` ("parallel"). `affine=True` makes the
+    attention branch a per-token Linear (so `x → M` is exactly affine); else softmax attention."""
+
+    def __init__(self, d: int, affine: bool = False, layout: str = "pre"):
+        super().__init__()
+        self.affine, self.layout = affine, layout
+        self.norm1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 2 * d)
+        self.fc2 = nn.Linear(2 * d, d)
+
+    def attn(self, x: torch.Tensor) -> torch.Tensor:
+        if self.affine:
+            return self.proj(x)
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        weights = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1)
+        return self.proj(weights @ v)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.nn.functional.gelu(self.fc1(self.norm2(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "parallel":
+            return x + self.attn(x) + self.mlp(x)
+        m = x + self.attn(x)
+        return m + self.mlp(m)
+
+
+class HalfNet(TinyNet):
+    """`TinyNet` with `HalfBlock`s: input `(batch, tokens, 12)`."""
+
+    def __init__(self, num_blocks: int = 3, affine: bool = False, layout: str = "pre", d: int = WIDTH):
+        super().__init__([], d)
+        self.blocks = nn.ModuleList(HalfBlock(d, affine, layout) for _ in range(num_blocks))
+
+
+def half_net(num_blocks: int = 3, affine: bool = False, layout: str = "pre", seed: int = 0) -> HalfNet:
+    torch.manual_seed(seed)
+    return HalfNet(num_blocks, affine, layout).eval()

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from fxapprox.cli.common import add_model_data_args, load_model_and_calibration
+from fxapprox.cli.common import add_model_data_args, add_units_arg, load_model_and_calibration
 from fxapprox.metrics import METRIC_INFO, METRICS
 from fxapprox.output_score import OUTPUT_TARGETS
 
@@ -45,6 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--output-target", choices=OUTPUT_TARGETS, default="auto",
                    help="what 'output' compares: logits when the model has a head, else pooled final features "
                    "(default: auto)")
+    add_units_arg(p)
     p.add_argument("--top", type=int, default=5, help="spans to print (default: 5)")
     p.add_argument("--span-len", type=int, default=None, help="rank only spans of this many blocks")
     p.add_argument("--json", metavar="PATH", help="write the full analysis as JSON")
@@ -64,15 +65,16 @@ def run(args: argparse.Namespace) -> int:
     an = analyze(model, loader, num_samples=args.samples, tokens=args.tokens, blocks=args.blocks,
                  holdout_folds=args.holdout_folds, output_samples=args.output_samples,
                  output_max_len=args.output_max_len or None, output_target=args.output_target,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, units=args.units)
     an.model = args.model
     if args.metric is None:
         args.metric = "output" if args.output_samples else "linear"
     top = an.top_k(args.top, span_len=args.span_len, metric=args.metric)
-    print(f"{an.model}: {an.num_blocks} blocks, {an.samples} samples, tokens={an.tokens}; "
-          f"top {len(top)} spans by {args.metric} (s -> e replaces blocks s+1..e):")
+    unit = "half-block unit" if an.units == "half" else "block"
+    print(f"{an.model}: {an.num_blocks} {unit}s, {an.samples} samples, tokens={an.tokens}; "
+          f"top {len(top)} spans by {args.metric} (s -> e replaces {unit}s s+1..e):")
     for rank, (s, e, value) in enumerate(top, 1):
-        print(f"  {rank:2d}. {s:3d} -> {e:<3d} ({e - s} block{'s' if e - s > 1 else ''})  {value:.4g}")
+        print(f"  {rank:2d}. {s:3d} -> {e:<3d} ({e - s} {unit}{'s' if e - s > 1 else ''})  {value:.4g}")
     for note in an.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:

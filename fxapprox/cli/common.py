@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_model_data_args", "load_model_and_calibration", "write_json"]
+__all__ = ["add_model_data_args", "add_units_arg", "load_model_and_calibration", "write_json"]
 
 
 def add_model_data_args(p: argparse.ArgumentParser, *, samples: int) -> None:
@@ -23,6 +23,14 @@ def add_model_data_args(p: argparse.ArgumentParser, *, samples: int) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset (default: 0)")
     p.add_argument("--blocks", default=None, help="dotted path of the block ModuleList (default: found)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_units_arg(p: argparse.ArgumentParser) -> None:
+    """--units block|half: what span indices count (half: boundary 2k = block k after attention, 2k+1 its output)."""
+    p.add_argument("--units", choices=("block", "half"), default="block",
+                   help="span units: whole blocks, or half blocks (attention branch, MLP branch): boundaries "
+                   "-1..2L-1, 2k = block k's stream after its attention branch, 2k+1 its output; s-e replaces "
+                   "units s+1..e (default: block)")
 
 
 def load_model_and_calibration(args: argparse.Namespace, extra_samples: int = 0) -> tuple[Any, Any, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fxapprox.cli.common import add_model_data_args, load_model_and_calibration, write_json
+from fxapprox.cli.common import add_model_data_args, add_units_arg, load_model_and_calibration, write_json
 from fxapprox.metrics import METRIC_INFO
 from fxapprox.output_score import OUTPUT_TARGETS
 from fxapprox.spans import parse_spans
@@ -23,9 +23,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_model_data_args(p, samples=500)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--spans", type=parse_spans, help="spans s-e to replace, e.g. '9-11,3-4' "
-                       "(s-e replaces blocks s+1..e; m1-e starts at the embeddings)")
-    which.add_argument("--num-blocks", type=int, help="remove this many blocks, spans chosen by --metric")
-    p.add_argument("--transform", choices=("linear", "identity"), default="linear")
+                       "(s-e replaces blocks s+1..e, or units with --units half; m1-e starts at the embeddings)")
+    which.add_argument("--num-blocks", type=int, help="remove this many blocks (units with --units half), spans "
+                       "chosen by --metric")
+    p.add_argument("--transform", choices=("linear", "identity", "auto"), default="linear",
+                   help="map per span; auto: the identity where its residual is within --auto-tolerance of the "
+                   "linear map's, else linear (default: linear)")
+    p.add_argument("--auto-tolerance", type=float, default=None, metavar="TOL",
+                   help="with --transform auto: largest excess of the identity's normalised residual over the "
+                   "linear map's at which the identity is taken (default: 0.01)")
+    add_units_arg(p)
     p.add_argument("--metric", choices=tuple(METRIC_INFO), default="output",
                    help="score that chooses spans with --num-blocks (default: output, the damage to the model's "
                    "output on the first calibration batch: KL of a head's predictions, else the relative error "
@@ -45,15 +52,18 @@ def run(args: argparse.Namespace) -> int:
     import fxapprox
 
     model, _, loader = load_model_and_calibration(args)
+    tolerance = {} if args.auto_tolerance is None else {"auto_tolerance": args.auto_tolerance}
     res = fxapprox.compress(model, loader, spans=args.spans, num_blocks=args.num_blocks,
                             transform=args.transform, metric=args.metric, num_samples=args.samples,
-                            blocks=args.blocks, output_target=args.output_target, progress=not args.no_progress)
+                            blocks=args.blocks, output_target=args.output_target, progress=not args.no_progress,
+                            units=args.units, **tolerance)
     res.plan.source = args.model
     res.save(args.out, overwrite=args.overwrite)
     summary = {
         "model": args.model, "data": args.data, "samples": res.plan.num_samples,
-        "capture_path": res.capture_path, "transform": args.transform,
-        "spans": [{"s": sp.s, "e": sp.e, "residual": sp.residual} for sp in res.plan.spans],
+        "capture_path": res.capture_path, "transform": args.transform, "units": args.units,
+        "spans": [{"s": sp.s, "e": sp.e, "transform": sp.transform, "residual": sp.residual}
+                  for sp in res.plan.spans],
         "params_before": res.num_params_before, "params_after": res.num_params_after, "plan": str(args.out),
     }
     removed = res.num_params_before - res.num_params_after
@@ -61,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
           f"parameters {res.num_params_before:,} -> {res.num_params_after:,} "
           f"(-{100 * removed / res.num_params_before:.1f}%)")
     for sp in res.plan.spans:
-        print(f"  {sp.s:3d} -> {sp.e:<3d} residual {sp.residual:.4f}")
+        print(f"  {sp.s:3d} -> {sp.e:<3d} {sp.transform:<8} residual {sp.residual:.4f}")
     print(f"plan written to {args.out}")
     if args.json:
         write_json(args.json, summary)

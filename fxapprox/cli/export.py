@@ -8,6 +8,7 @@ from the plan, from `--inputs FILE.safetensors`, or are made from the model's co
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,9 @@ def format_export(record: Any, flops_per_item: float | None = None, params: int 
         f"  outputs: {', '.join(record.output_names)}",
     ]
     if "fxapprox.spans" in record.metadata:
-        lines.append(f"  plan:    {record.metadata['fxapprox.spans']} (s->e replaces blocks s+1..e)")
+        units = json.loads(record.metadata.get("fxapprox.plan", "{}")).get("units", "block")
+        lines.append(f"  plan:    {record.metadata['fxapprox.spans']} (s->e replaces "
+                     f"{'half-block units' if units == 'half' else 'blocks'} s+1..e)")
     if flops_per_item is not None:
         lines.append(f"  FLOPs per item {flops_per_item / 1e9:.3f} G, parameters {params:,}")
     if record.checks:

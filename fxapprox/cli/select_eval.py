@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fxapprox.cli.common import add_units_arg
 from fxapprox.spans import parse_spans
 
 __all__ = ["add_parser", "run"]
@@ -29,7 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--train", type=int, default=2000, help="probe training samples (0: whole split; default 2000)")
     p.add_argument("--test", type=int, default=1000, help="test samples (0: whole split; default 1000)")
     p.add_argument("--size", type=int, default=112, help="image side in pixels (default: 112)")
-    p.add_argument("--max-len", type=int, default=4, help="longest span scored, in blocks (default: 4)")
+    p.add_argument("--max-len", type=int, default=4, help="longest span scored, in blocks (units with --units half)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=30, help="probe epochs (default 30: the papers' 5 underfit "
                    "on subsets)")
@@ -41,6 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--selection-blocks", default="1,2,3,4", help="num_blocks values to compare selections at "
                    "('' to skip)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the P@k intervals")
+    add_units_arg(p)
     p.add_argument("--out", required=True, help="directory for select_eval.{md,json,png}")
     p.set_defaults(func=run)
     return p
@@ -57,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
                            epochs=args.epochs, identity=not args.no_identity,
                            sample_sizes=tuple(int(n) for n in args.sample_sizes.split(",") if n),
                            ablation_spans=tuple(args.ablation_spans) if args.ablation_spans else None,
-                           selection_blocks=tuple(int(k) for k in args.selection_blocks.split(",") if k))
+                           selection_blocks=tuple(int(k) for k in args.selection_blocks.split(",") if k),
+                           units=args.units)
     model = assets.load_model(args.model)
     if torch.cuda.is_available():
         model = model.cuda()

@@ -57,6 +57,7 @@ class SelectEvalConfig:
     ablation_spans: tuple[Span, ...] | None = None  # spans of the ablation; None: every single-block span
     selection_blocks: tuple[int, ...] = (1, 2, 3, 4)
     bootstrap: int = 1000
+    units: str = "block"        # "half": spans, max_len and selection sizes count half blocks
 
 
 def _costs_from_matrix(an, metric: str, spans: list[Span]) -> dict[Span, float]:
@@ -124,15 +125,16 @@ def select_eval(model: torch.nn.Module, model_name: str, dataset: Any, cfg: Sele
     calib_samples = max((cfg.samples, *cfg.sample_sizes))
     calib = data.calibration_loader(proc, dataset, num_samples=calib_samples, batch_size=cfg.batch_size,
                                     size=cfg.size, seed=0)
-    paper = fxapprox.analyze(model, calib, num_samples=cfg.paper_samples, tokens="cls")
+    paper = fxapprox.analyze(model, calib, num_samples=cfg.paper_samples, tokens="cls", units=cfg.units)
     ours = fxapprox.analyze(model, calib, num_samples=cfg.samples, tokens="all", holdout_folds=cfg.folds,
-                            flops=True)
-    cls_heldout = fxapprox.analyze(model, calib, num_samples=cfg.samples, tokens="cls", holdout_folds=cfg.folds)
+                            flops=True, units=cfg.units)
+    cls_heldout = fxapprox.analyze(model, calib, num_samples=cfg.samples, tokens="cls", holdout_folds=cfg.folds,
+                                   units=cfg.units)
     spans = [sp for sp in all_spans(ours.num_blocks, cfg.max_len)]
     probe_data = {"train": loader("train", cfg.train_samples, seed=2, labels=True),
                   "test": loader("test", cfg.test_samples, seed=3, labels=True)}
     feats = span_features(model, calib, spans, {"heldout": loader("train", cfg.output_samples, seed=1),
-                                                **probe_data}, num_samples=cfg.samples)
+                                                **probe_data}, num_samples=cfg.samples, units=cfg.units)
     original, damage = measure_damage(feats, **probe_kw)
     scores: dict[str, dict[Span, float]] = {
         f"linear (cls, {paper.samples}) [papers]": _costs_from_matrix(paper, "linear", spans),
@@ -164,7 +166,8 @@ def select_eval(model: torch.nn.Module, model_name: str, dataset: Any, cfg: Sele
     original_sets = [(feats.original["train"], feats.original["test"])]
     del feats
     if cfg.identity:
-        id_feats = span_features(model, calib, spans, probe_data, transform="identity", num_samples=cfg.samples)
+        id_feats = span_features(model, calib, spans, probe_data, transform="identity", num_samples=cfg.samples,
+                                 units=cfg.units)
         _, id_damage = measure_damage(id_feats, **probe_kw)
         for row, sp in zip(span_rows, spans):
             row["identity"] = id_damage[sp].to_dict()
@@ -172,7 +175,7 @@ def select_eval(model: torch.nn.Module, model_name: str, dataset: Any, cfg: Sele
         report()
     ablation_spans = list(cfg.ablation_spans or single)
     for n in cfg.sample_sizes:
-        n_feats = span_features(model, calib, ablation_spans, probe_data, num_samples=n)
+        n_feats = span_features(model, calib, ablation_spans, probe_data, num_samples=n, units=cfg.units)
         _, n_damage = measure_damage(n_feats, **probe_kw)
         result["sample_sizes"].append({"samples": n, "spans": [{"span": list(sp), **n_damage[sp].to_dict()}
                                                                for sp in ablation_spans]})
@@ -187,7 +190,7 @@ def select_eval(model: torch.nn.Module, model_name: str, dataset: Any, cfg: Sele
                   f"best score DP ({best['score']})": best_spans(scores[best["score"]], ours.num_blocks, k)}
         sets = []
         for sel in chosen.values():
-            res = fxapprox.compress(model, calib, spans=sel, num_samples=cfg.samples, progress=False)
+            res = fxapprox.compress(model, calib, spans=sel, num_samples=cfg.samples, progress=False, units=cfg.units)
             sets.append((extract_features(res.module, train, desc="train features")[0],
                          extract_features(res.module, test, desc="test features")[0]))
         preds, _ = probe_predictions(original_sets + sets, ytr, cfg.seeds, num_classes, epochs=cfg.epochs,

@@ -43,12 +43,13 @@ class SpanFeatures:
 def span_features(model: torch.nn.Module, calib_loader: Iterable[Any], spans: list[Span],
                   loaders: Mapping[str, Iterable[Any]], *, transform: str = "linear", num_samples: int = 500,
                   ridge: float = DEFAULT_RIDGE, pooling: str = "auto", blocks: str | None = None,
-                  progress: bool = True) -> SpanFeatures:
-    """Features of the original model and of each single-span replacement on every loader."""
-    prepared = prepare(model, calib_loader, blocks)
+                  progress: bool = True, units: str = "block") -> SpanFeatures:
+    """Features of the original model and of each single-span replacement on every loader (spans in
+    `units`: blocks, or half blocks as in `compress(units="half")`)."""
+    prepared = prepare(model, calib_loader, blocks, units)
     traced, device = prepared.traced, prepared.device
     for span in spans:
-        validate_spans([span], traced.stack.num_blocks)
+        validate_spans([span], traced.num_units, units)
     boundaries = traced.boundaries
     moments = calibrate(traced.module, boundaries, sorted({k for sp in spans for k in sp}), prepared.batches,
                         num_samples, device=device, progress=progress)
