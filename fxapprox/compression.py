@@ -8,6 +8,7 @@ calibration data.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,23 +19,30 @@ import torch
 from torch import nn
 
 from fxapprox.blocks import find_block_stack
-from fxapprox.calibrate import calibrate, iter_batches
-from fxapprox.errors import PlanMismatchError, SpanError
-from fxapprox.fit import DEFAULT_RIDGE, fit_affine, identity_residual
+from fxapprox.calibrate import calibrate, iter_batches, split_samples
+from fxapprox.errors import FoldError, FxApproxError, PlanMismatchError, SpanError
+from fxapprox.fit import DEFAULT_RIDGE, PRIORS, fit_affine, fit_fold, identity_residual
 from fxapprox.inputs import ModelInputs, as_model_inputs
 from fxapprox.output_score import output_scores
-from fxapprox.passes.replace_span import ReplaceRecord, SpanRewrite, replace_spans
+from fxapprox.passes.fold_span import FoldRecord, FoldRewrite, find_fold_site, fold_spans
+from fxapprox.passes.replace_span import ReplaceRecord, SpanRewrite, replace_spans, span_module_name
 from fxapprox.plan import Plan, SpanPlan
 from fxapprox.prepare import Traced, model_device, trace
 from fxapprox.select import best_spans, select_spans
+from fxapprox.sequential import iterative_spans, paired_moments
 from fxapprox.spans import all_spans, validate_spans
+from fxapprox.stats import BoundaryMoments
 
-__all__ = ["compress", "load", "CompressionResult", "TRANSFORMS", "OUTPUT_METRIC"]
+__all__ = ["compress", "load", "CompressionResult", "TRANSFORMS", "OUTPUT_METRIC", "REFITS", "SELECTIONS"]
 
 log = logging.getLogger(__name__)
 
 TRANSFORMS = ("linear", "identity")
 OUTPUT_METRIC = "output"
+REFITS = ("independent", "sequential")
+SELECTIONS = ("dp", "iterative")
+# Moment keys of the branch `B` of block s (`H_s = R + B`, for folding): far above any boundary index.
+_BRANCH_KEY = 1 << 20
 
 
 @dataclass
@@ -47,6 +55,7 @@ class CompressionResult:
     num_params_before: int
     num_params_after: int
     record: ReplaceRecord | None = field(default=None, repr=False)
+    fold_record: FoldRecord | None = field(default=None, repr=False)
 
     @property
     def spans(self) -> list[tuple[int, int]]:
@@ -92,15 +101,93 @@ def _reference_param(model: nn.Module) -> torch.Tensor:
     return floats[0] if floats else torch.empty(0)
 
 
-def _rewrite(traced: Traced, plan: Plan, like: torch.Tensor) -> ReplaceRecord:
-    boundaries = traced.boundaries
-    rewrites = []
-    for sp in plan.spans:
+def _rewrite(gm: torch.fx.GraphModule, boundaries, plan: Plan, like: torch.Tensor,
+             spans: list[SpanPlan] | None = None) -> tuple[ReplaceRecord, FoldRecord | None]:
+    """Apply the plan's spans (or `spans`, a prefix of them) to `gm`: folds first, then the other spans.
+
+    A span starting where a folded span ends reads `H_s` of the folded span's start (its value now).
+    """
+    spans = plan.spans if spans is None else spans
+    folded = {sp.e: sp.s for sp in spans if sp.fold}
+    folds, rewrites = [], []
+    for sp in spans:
+        if sp.fold:
+            folds.append(FoldRewrite(sp.s, sp.e, boundaries[sp.s].name, boundaries[sp.e].name,
+                                     plan.weights[f"{sp.key}.weight"], plan.weights[f"{sp.key}.bias"]))
+            continue
         linear = None
         if sp.transform == "linear":
             linear = _linear(plan.weights[f"{sp.key}.weight"], plan.weights[f"{sp.key}.bias"], like)
-        rewrites.append(SpanRewrite(sp.s, sp.e, boundaries[sp.s].name, boundaries[sp.e].name, linear))
-    return replace_spans(traced.module, rewrites)
+        s = sp.s
+        while s in folded:
+            s = folded[s]
+        rewrites.append(SpanRewrite(sp.s, sp.e, boundaries[s].name, boundaries[sp.e].name, linear))
+    fold_record = fold_spans(gm, folds) if folds else None
+    return replace_spans(gm, rewrites), fold_record
+
+
+def _check_folds(spans, fold: bool, transform: str) -> None:
+    if not fold:
+        return
+    if transform != "linear":
+        raise FoldError(f"fold=True folds a fitted map; transform={transform!r} has none (an identity span "
+                        "adds no module anyway): use transform='linear'")
+    ends = {e for _, e in spans}
+    for s, e in spans:
+        if s in ends:
+            raise FoldError(f"span ({s}, {e}) starts where another span ends: block {s} is removed, so there is "
+                            "no down projection to fold into; merge the spans or use fold=False")
+
+
+def _fold_branches(traced: Traced, starts) -> dict[int, torch.fx.Node]:
+    """Branch node `B` of each block s in `starts` (`H_s = R + B`); typed error where there is none."""
+    return {s: find_fold_site(traced.module, traced.boundaries[s], s).branch for s in starts}
+
+
+def _fit_span(moments: BoundaryMoments, s: int, e: int, transform: str, fold: bool, widths: list[int],
+              ridge: float, prior: str) -> tuple[SpanPlan, dict[str, torch.Tensor]]:
+    """One span's plan entry and weights from moments holding `H_s`, `H_e` (and `B_s` when folding)."""
+    if transform == "identity":
+        return SpanPlan(s, e, "identity", identity_residual(moments, s, e), widths[s + 1], widths[e + 1]), {}
+    fit = fit_affine(moments, s, e, ridge, prior)
+    sp = SpanPlan(s, e, "linear", fit.residual, widths[s + 1], widths[e + 1])
+    if fold:
+        unfolded, fit = fit.residual, fit_fold(moments, s, e, _BRANCH_KEY + s, ridge, prior)
+        sp = SpanPlan(s, e, "linear", fit.residual, widths[s + 1], widths[e + 1], fold=True, unfolded_residual=unfolded)
+    return sp, {f"{sp.key}.weight": fit.weight, f"{sp.key}.bias": fit.bias}
+
+
+def _stream_node(gm: torch.fx.GraphModule, boundaries, done: list[SpanPlan], k: int) -> torch.fx.Node:
+    """The node of `gm` (rewritten with the spans `done`) that carries `H_k` to the rest of the model."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for sp in done:
+        if sp.e == k:
+            if sp.transform == "linear" and not sp.fold:
+                name = span_module_name(sp.s, k)
+                return next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == name)
+            return _stream_node(gm, boundaries, done, sp.s)
+    return nodes[boundaries[k].name]
+
+
+def _fit_sequential(traced: Traced, moments: BoundaryMoments, plan: Plan, spans, batches, *, transform: str,
+                    fold: bool, ridge: float, prior: str, like: torch.Tensor, device, progress: bool) -> None:
+    """Fit span 1 on the original moments; span i on `H_s` of the graph with spans 1..i-1 already replaced
+    (one more pass over the calibration batches, up to `H_s` there and `H_e` in the original) against the
+    original `H_e`. Appends to `plan`."""
+    for i, (s, e) in enumerate(spans):
+        m = moments
+        if i:
+            gm = copy.deepcopy(traced.module)
+            _rewrite(gm, traced.boundaries, plan, like)
+            h_s = _stream_node(gm, traced.boundaries, plan.spans, s)
+            watched = {h_s: s}
+            if fold:
+                watched[find_fold_site(gm, h_s, s).branch] = _BRANCH_KEY + s
+            m = paired_moments([(gm, watched), (traced.module, {traced.boundaries[e]: e})], batches,
+                               device=device, progress=progress)
+        sp, weights = _fit_span(m, s, e, transform, fold, traced.widths, ridge, prior)
+        plan.spans.append(sp)
+        plan.weights.update(weights)
 
 
 def _select_by_output(traced: Traced, moments, inputs: ModelInputs, num_blocks: int, transform: str,
@@ -118,16 +205,29 @@ def _select_by_output(traced: Traced, moments, inputs: ModelInputs, num_blocks: 
 def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple[int, int]] | None = None,
              num_blocks: int | None = None, transform: str = "linear", metric: str = "linear",
              num_samples: int = 500, blocks: str | None = None, ridge: float = DEFAULT_RIDGE,
-             progress: bool = True) -> CompressionResult:
+             progress: bool = True,
+             prior: str = "zero", refit: str = "independent", fold: bool = False,
+             selection: str = "dp") -> CompressionResult:
     """Replace spans of blocks of `model` by closed-form maps fitted on `calib_loader`.
 
     Give `spans=[(s, e), ...]` (blocks s+1..e are replaced), or `num_blocks=k` to let the
     `metric` score choose non-overlapping spans that remove k blocks. `metric="output"` scores a
     span by the relative error of the model's final features when the span is replaced by its
     fitted map (on the first calibration batch; one suffix per candidate span of up to k blocks).
+    `selection="iterative"` instead replaces one block at a time, the one with the least `output`
+    damage given those already replaced (merged with replaced neighbours into one span).
+    `prior="identity"` shrinks equal-width maps towards `W = I` instead of 0 (few samples).
+    `refit="sequential"` fits each span on the activations of the model with the earlier spans
+    already replaced (one more calibration pass per span, up to its start).
+    `fold=True` writes each span's map into the Linear that ends the block before it (`H_s = R + B`:
+    fit `B → H_e - R`), so no module is added.
     """
     if transform not in TRANSFORMS:
         raise ValueError(f"transform={transform!r} is not one of {TRANSFORMS}")
+    for name, value, allowed in (("prior", prior, PRIORS), ("refit", refit, REFITS),
+                                 ("selection", selection, SELECTIONS)):
+        if value not in allowed:
+            raise ValueError(f"{name}={value!r} is not one of {allowed}")
     if (spans is None) == (num_blocks is None):
         raise SpanError("pass exactly one of spans=[(s, e), ...] or num_blocks=k")
     if num_samples < 1:
@@ -135,6 +235,7 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
     stack = find_block_stack(model, blocks)
     if spans is not None:
         spans = validate_spans(spans, stack.num_blocks)
+        _check_folds(spans, fold, transform)
     elif not 1 <= num_blocks <= stack.num_blocks:
         raise SpanError(
             f"num_blocks={num_blocks} cannot be removed from a model with {stack.num_blocks} "
@@ -142,38 +243,64 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
         )
     params_before = _count_params(model)
     first, batches = iter_batches(calib_loader)
+    if refit == "sequential":  # the same calibration samples again for every later span
+        batches = list(split_samples(batches, num_samples)[0])
     traced = trace(model, first, stack)
     widths = traced.widths
+    device = model_device(model)
     if spans is not None:
         _check_identity_widths(spans, transform, widths)
         watched = sorted({k for span in spans for k in span})
+        branches = _fold_branches(traced, sorted({s for s, _ in spans})) if fold else {}
     else:
         watched = list(range(-1, stack.num_blocks))
-    moments = calibrate(traced.module, traced.boundaries, watched, batches, num_samples,
-                        device=model_device(model), progress=progress)
-    if spans is None and metric == OUTPUT_METRIC:
-        spans = _select_by_output(traced, moments, first.to(model_device(model)), num_blocks, transform, ridge)
+        branches = _foldable_branches(traced) if fold else {}
+    nodes = {k: traced.boundaries[k] for k in watched}
+    nodes.update({_BRANCH_KEY + s: b for s, b in branches.items()})
+    moments = calibrate(traced.module, nodes, sorted(nodes), batches, num_samples, device=device, progress=progress)
+    if spans is None and selection == "iterative":
+        steps = iterative_spans(traced, moments, [first.to(device)], num_blocks, transform=transform, ridge=ridge,
+                                progress=progress)
+        spans = steps[-1].spans
+    elif spans is None and metric == OUTPUT_METRIC:
+        spans = _select_by_output(traced, moments, first.to(device), num_blocks, transform, ridge)
     elif spans is None:
         spans = select_spans(moments, stack.num_blocks, num_blocks, metric=metric, transform=transform,
                              widths=widths, ridge=ridge)
     if num_blocks is not None:
-        log.info("selected spans %s by %s score", spans, metric)
+        log.info("selected spans %s by %s", spans, "iterative output damage" if selection == "iterative" else
+                 f"{metric} score")
+        _check_folds(spans, fold, transform)
+        if fold:
+            _fold_branches(traced, sorted({s for s, _ in spans}))  # typed error for a chosen span that cannot fold
     plan = Plan(type(model).__name__, stack.path, stack.num_blocks, [], moments.samples, ridge,
-                example=traced.example)
-    for s, e in spans:
-        if transform == "linear":
-            fit = fit_affine(moments, s, e, ridge)
-            sp = SpanPlan(s, e, "linear", fit.residual, widths[s + 1], widths[e + 1])
-            plan.weights[f"{sp.key}.weight"], plan.weights[f"{sp.key}.bias"] = fit.weight, fit.bias
-        else:
-            sp = SpanPlan(s, e, "identity", identity_residual(moments, s, e), widths[s + 1], widths[e + 1])
-        plan.spans.append(sp)
-    record = _rewrite(traced, plan, _reference_param(model))
+                example=traced.example, prior=prior, refit=refit)
+    like = _reference_param(model)
+    if refit == "sequential":
+        _fit_sequential(traced, moments, plan, spans, batches, transform=transform, fold=fold, ridge=ridge,
+                        prior=prior, like=like, device=device, progress=progress)
+    else:
+        for s, e in spans:
+            sp, weights = _fit_span(moments, s, e, transform, fold, widths, ridge, prior)
+            plan.spans.append(sp)
+            plan.weights.update(weights)
+    record, fold_record = _rewrite(traced.module, traced.boundaries, plan, like)
     result = CompressionResult(traced.module, plan, traced.capture_path, params_before,
-                               _count_params(traced.module), record)
+                               _count_params(traced.module), record, fold_record)
     log.info("compressed %s: spans %s, %d → %d parameters", plan.model_class, result.spans,
              params_before, result.num_params_after)
     return result
+
+
+def _foldable_branches(traced: Traced) -> dict[int, torch.fx.Node]:
+    """Branch nodes of every block that has one (for folding spans a score will choose)."""
+    found = {}
+    for s in range(traced.stack.num_blocks):
+        try:
+            found.update(_fold_branches(traced, [s]))
+        except FxApproxError:
+            continue
+    return found
 
 
 def load(model: nn.Module, path: str | Path, *, example_inputs: Any = None) -> CompressionResult:
@@ -203,6 +330,6 @@ def load(model: nn.Module, path: str | Path, *, example_inputs: Any = None) -> C
                 f"span ({sp.s}, {sp.e}) of the plan maps width {sp.in_features} → {sp.out_features}, "
                 f"but the model's boundaries have widths {widths[sp.s + 1]} → {widths[sp.e + 1]}"
             )
-    record = _rewrite(traced, plan, _reference_param(model))
+    record, fold_record = _rewrite(traced.module, traced.boundaries, plan, _reference_param(model))
     return CompressionResult(traced.module, plan, traced.capture_path, params_before,
-                             _count_params(traced.module), record)
+                             _count_params(traced.module), record, fold_record)

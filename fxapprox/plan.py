@@ -2,6 +2,9 @@
 
 `plan.json` holds everything but tensors; `weights.safetensors` holds each linear span's
 `weight`/`bias` and the example inputs the graph is re-captured with. Nothing is pickled.
+A folded span (`fold=True`) stores its map `T, c` the same way; `load` folds it into the model's
+own Linear again. Format 2 adds `fold`, `unfolded_residual`, `prior`, `refit`; format-1 plans
+still load (without them: no fold, zero prior, independent fits).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from fxapprox.inputs import ModelInputs
 
 __all__ = ["SpanPlan", "Plan", "PLAN_FORMAT"]
 
-PLAN_FORMAT = "fxapprox-plan/1"
+PLAN_FORMAT = "fxapprox-plan/2"
+_READABLE = ("fxapprox-plan/1", PLAN_FORMAT)
 _JSON, _WEIGHTS = "plan.json", "weights.safetensors"
 
 
@@ -33,6 +37,8 @@ class SpanPlan:
     residual: float
     in_features: int
     out_features: int
+    fold: bool = False  # the map is folded into the Linear ending block s (no module added)
+    unfolded_residual: float | None = None  # for a folded span: the plain affine map's residual
 
     @property
     def key(self) -> str:
@@ -50,6 +56,8 @@ class Plan:
     num_samples: int
     ridge: float
     source: str | None = None  # how to load the model again (asset name, directory or hub id)
+    prior: str = "zero"  # ridge prior of the fitted maps: "zero" or "identity"
+    refit: str = "independent"  # "independent" (original activations) or "sequential"
     weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     example: ModelInputs = field(default_factory=ModelInputs, repr=False)
 
@@ -78,8 +86,8 @@ class Plan:
                 "written by CompressionResult.save)"
             )
         meta: dict[str, Any] = json.loads((path / _JSON).read_text())
-        if meta.pop("format", None) != PLAN_FORMAT:
-            raise PlanMismatchError(f"{path / _JSON} is not in format {PLAN_FORMAT}")
+        if meta.pop("format", None) not in _READABLE:
+            raise PlanMismatchError(f"{path / _JSON} is not in a readable format ({', '.join(_READABLE)})")
         tensors = load_file(str(path / _WEIGHTS))
         args = [tensors[k] for k in sorted((k for k in tensors if k.startswith("example.arg.")),
                                            key=lambda k: int(k.rsplit(".", 1)[1]))]
