@@ -105,10 +105,9 @@ def _rewrite(gm: torch.fx.GraphModule, boundaries, plan: Plan, like: torch.Tenso
              spans: list[SpanPlan] | None = None) -> tuple[ReplaceRecord, FoldRecord | None]:
     """Apply the plan's spans (or `spans`, a prefix of them) to `gm`: folds first, then the other spans.
 
-    A span starting where a folded span ends reads `H_s` of the folded span's start (its value now).
+    No span starts where a folded one ends (`_check_folds`), so the two passes touch different nodes.
     """
     spans = plan.spans if spans is None else spans
-    folded = {sp.e: sp.s for sp in spans if sp.fold}
     folds, rewrites = [], []
     for sp in spans:
         if sp.fold:
@@ -118,10 +117,7 @@ def _rewrite(gm: torch.fx.GraphModule, boundaries, plan: Plan, like: torch.Tenso
         linear = None
         if sp.transform == "linear":
             linear = _linear(plan.weights[f"{sp.key}.weight"], plan.weights[f"{sp.key}.bias"], like)
-        s = sp.s
-        while s in folded:
-            s = folded[s]
-        rewrites.append(SpanRewrite(sp.s, sp.e, boundaries[s].name, boundaries[sp.e].name, linear))
+        rewrites.append(SpanRewrite(sp.s, sp.e, boundaries[sp.s].name, boundaries[sp.e].name, linear))
     fold_record = fold_spans(gm, folds) if folds else None
     return replace_spans(gm, rewrites), fold_record
 
