@@ -26,6 +26,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--transform", choices=("linear", "identity"), default="linear")
     p.add_argument("--metric", default="linear", help="score that chooses spans with --num-blocks: linear, "
                    "mse, br, cosine, angular, cka, identity, or output (error of the final features)")
+    p.add_argument("--selection", choices=("dp", "iterative"), default="dp", help="with --num-blocks: dp "
+                   "(best set by --metric, dynamic program) or iterative (replace one block at a time, the "
+                   "least output damage given those already replaced)")
+    p.add_argument("--prior", choices=("zero", "identity"), default="zero", help="ridge prior of the maps: "
+                   "zero, or identity (shrink towards W = I; helps with few samples)")
+    p.add_argument("--refit", choices=("independent", "sequential"), default="independent",
+                   help="sequential: fit each span on the model with the earlier spans already replaced")
+    p.add_argument("--fold", action="store_true", help="fold each map into the down projection of the "
+                   "block before it (no module added)")
     p.add_argument("--out", required=True, help="directory to write the plan into")
     p.add_argument("--overwrite", action="store_true", help="replace a plan already in --out")
     p.add_argument("--json", metavar="PATH", help="write a summary as JSON")
@@ -40,13 +49,16 @@ def run(args: argparse.Namespace) -> int:
     model, _, loader = load_model_and_calibration(args)
     res = fxapprox.compress(model, loader, spans=args.spans, num_blocks=args.num_blocks,
                             transform=args.transform, metric=args.metric, num_samples=args.samples,
-                            blocks=args.blocks, progress=not args.no_progress)
+                            blocks=args.blocks, progress=not args.no_progress,
+                            prior=args.prior, refit=args.refit, fold=args.fold, selection=args.selection)
     res.plan.source = args.model
     res.save(args.out, overwrite=args.overwrite)
     summary = {
         "model": args.model, "data": args.data, "samples": res.plan.num_samples,
         "capture_path": res.capture_path, "transform": args.transform,
-        "spans": [{"s": sp.s, "e": sp.e, "residual": sp.residual} for sp in res.plan.spans],
+        "prior": args.prior, "refit": args.refit, "selection": args.selection,
+        "spans": [{"s": sp.s, "e": sp.e, "residual": sp.residual, "fold": sp.fold,
+                   "unfolded_residual": sp.unfolded_residual} for sp in res.plan.spans],
         "params_before": res.num_params_before, "params_after": res.num_params_after, "plan": str(args.out),
     }
     removed = res.num_params_before - res.num_params_after
@@ -54,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
           f"parameters {res.num_params_before:,} -> {res.num_params_after:,} "
           f"(-{100 * removed / res.num_params_before:.1f}%)")
     for sp in res.plan.spans:
-        print(f"  {sp.s:3d} -> {sp.e:<3d} residual {sp.residual:.4f}")
+        folded = f" (folded; unfolded map {sp.unfolded_residual:.4f})" if sp.fold else ""
+        print(f"  {sp.s:3d} -> {sp.e:<3d} residual {sp.residual:.4f}{folded}")
     print(f"plan written to {args.out}")
     if args.json:
         write_json(args.json, summary)
