@@ -101,15 +101,14 @@ def _reference_param(model: nn.Module) -> torch.Tensor:
     return floats[0] if floats else torch.empty(0)
 
 
-def _rewrite(gm: torch.fx.GraphModule, boundaries, plan: Plan, like: torch.Tensor,
-             spans: list[SpanPlan] | None = None) -> tuple[ReplaceRecord, FoldRecord | None]:
-    """Apply the plan's spans (or `spans`, a prefix of them) to `gm`: folds first, then the other spans.
+def _rewrite(gm: torch.fx.GraphModule, boundaries, plan: Plan, like: torch.Tensor) -> tuple[ReplaceRecord,
+                                                                                            FoldRecord | None]:
+    """Apply the plan's spans to `gm` (the graph whose `boundaries` they are, or a copy): folds first, then the rest.
 
     No span starts where a folded one ends (`_check_folds`), so the two passes touch different nodes.
     """
-    spans = plan.spans if spans is None else spans
     folds, rewrites = [], []
-    for sp in spans:
+    for sp in plan.spans:
         if sp.fold:
             folds.append(FoldRewrite(sp.s, sp.e, boundaries[sp.s].name, boundaries[sp.e].name,
                                      plan.weights[f"{sp.key}.weight"], plan.weights[f"{sp.key}.bias"]))
@@ -170,7 +169,7 @@ def _fit_sequential(traced: Traced, moments: BoundaryMoments, plan: Plan, spans,
     """Fit span 1 on the original moments; span i on `H_s` of the graph with spans 1..i-1 already replaced
     (one more pass over the calibration batches, up to `H_s` there and `H_e` in the original) against the
     original `H_e`. Appends to `plan`."""
-    for i, (s, e) in enumerate(spans):
+    for i, (s, e) in enumerate(sorted(spans)):
         m = moments
         if i:
             gm = copy.deepcopy(traced.module)
