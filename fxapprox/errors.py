@@ -13,6 +13,7 @@ __all__ = [
     "NoBlockStackError",
     "AmbiguousBlockStackError",
     "SpanError",
+    "FoldError",
     "CalibrationError",
     "EmptyCalibrationError",
     "NonFiniteActivationError",
@@ -57,6 +58,10 @@ class AmbiguousBlockStackError(BlockDiscoveryError):
 
 class SpanError(FxApproxError, ValueError):
     """A span is out of range, overlaps another, or cannot take the requested transform."""
+
+
+class FoldError(SpanError):
+    """A span's map cannot be folded into the Linear that ends the block before it (`fold=True`)."""
 
 
 class CalibrationError(FxApproxError):

@@ -1,8 +1,11 @@
 """Compression plan (spans, transforms, fitted weights, example inputs) ↔ a directory of JSON + safetensors.
 
-`plan.json` holds everything but tensors (format 2 adds `units`; format 1 plans, whole-block spans,
-still load); `weights.safetensors` holds each linear span's `weight`/`bias` and the example inputs
-the graph is re-captured with. Nothing is pickled.
+`plan.json` holds everything but tensors; `weights.safetensors` holds each linear span's
+`weight`/`bias` and the example inputs the graph is re-captured with. Nothing is pickled.
+A folded span (`fold=True`) stores its map `T, c` the same way; `load` folds it into the model's
+own Linear again. Format 2 adds `units`, `fold`, `unfolded_residual`, `prior`, `refit`;
+format-1 plans (whole-block spans) still load (without them: blocks, no fold, zero prior,
+independent fits).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from fxapprox.inputs import ModelInputs
 __all__ = ["SpanPlan", "Plan", "PLAN_FORMAT"]
 
 PLAN_FORMAT = "fxapprox-plan/2"
-_READABLE = ("fxapprox-plan/1", PLAN_FORMAT)  # version 1: whole-block spans, no `units` field
+_READABLE = ("fxapprox-plan/1", PLAN_FORMAT)  # version 1: whole-block spans, no units/fold/prior/refit
 _JSON, _WEIGHTS = "plan.json", "weights.safetensors"
 
 
@@ -36,6 +39,8 @@ class SpanPlan:
     residual: float
     in_features: int
     out_features: int
+    fold: bool = False  # the map is folded into the Linear ending block s (no module added)
+    unfolded_residual: float | None = None  # for a folded span: the plain affine map's residual
 
     @property
     def key(self) -> str:
@@ -54,6 +59,8 @@ class Plan:
     ridge: float
     source: str | None = None  # how to load the model again (asset name, directory or hub id)
     units: str = "block"  # what span indices count: "block", or "half" (boundaries -1 .. 2L-1)
+    prior: str = "zero"  # ridge prior of the fitted maps: "zero" or "identity"
+    refit: str = "independent"  # "independent" (original activations) or "sequential"
     weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     example: ModelInputs = field(default_factory=ModelInputs, repr=False)
 

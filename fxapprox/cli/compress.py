@@ -40,6 +40,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--output-target", choices=OUTPUT_TARGETS, default="auto",
                    help="what --metric output compares: logits when the model has a head, else pooled final "
                    "features (default: auto)")
+    p.add_argument("--selection", choices=("dp", "iterative"), default="dp", help="with --num-blocks: dp "
+                   "(best set by --metric, dynamic program) or iterative (replace one unit at a time, the "
+                   "least output damage given those already replaced)")
+    p.add_argument("--prior", choices=("zero", "identity"), default="zero", help="ridge prior of the maps: "
+                   "zero, or identity (shrink towards W = I; helps with few samples)")
+    p.add_argument("--refit", choices=("independent", "sequential"), default="independent",
+                   help="sequential: fit each span on the model with the earlier spans already replaced")
+    p.add_argument("--fold", action="store_true", help="fold each map into the down projection of the "
+                   "block before it (no module added)")
     p.add_argument("--out", required=True, help="directory to write the plan into")
     p.add_argument("--overwrite", action="store_true", help="replace a plan already in --out")
     p.add_argument("--json", metavar="PATH", help="write a summary as JSON")
@@ -56,14 +65,16 @@ def run(args: argparse.Namespace) -> int:
     res = fxapprox.compress(model, loader, spans=args.spans, num_blocks=args.num_blocks,
                             transform=args.transform, metric=args.metric, num_samples=args.samples,
                             blocks=args.blocks, output_target=args.output_target, progress=not args.no_progress,
-                            units=args.units, **tolerance)
+                            units=args.units, prior=args.prior, refit=args.refit, fold=args.fold,
+                            selection=args.selection, **tolerance)
     res.plan.source = args.model
     res.save(args.out, overwrite=args.overwrite)
     summary = {
         "model": args.model, "data": args.data, "samples": res.plan.num_samples,
         "capture_path": res.capture_path, "transform": args.transform, "units": args.units,
-        "spans": [{"s": sp.s, "e": sp.e, "transform": sp.transform, "residual": sp.residual}
-                  for sp in res.plan.spans],
+        "prior": args.prior, "refit": args.refit, "selection": args.selection,
+        "spans": [{"s": sp.s, "e": sp.e, "transform": sp.transform, "residual": sp.residual, "fold": sp.fold,
+                   "unfolded_residual": sp.unfolded_residual} for sp in res.plan.spans],
         "params_before": res.num_params_before, "params_after": res.num_params_after, "plan": str(args.out),
     }
     removed = res.num_params_before - res.num_params_after
@@ -71,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
           f"parameters {res.num_params_before:,} -> {res.num_params_after:,} "
           f"(-{100 * removed / res.num_params_before:.1f}%)")
     for sp in res.plan.spans:
-        print(f"  {sp.s:3d} -> {sp.e:<3d} {sp.transform:<8} residual {sp.residual:.4f}")
+        folded = f" (folded; unfolded map {sp.unfolded_residual:.4f})" if sp.fold else ""
+        print(f"  {sp.s:3d} -> {sp.e:<3d} {sp.transform:<8} residual {sp.residual:.4f}{folded}")
     print(f"plan written to {args.out}")
     if args.json:
         write_json(args.json, summary)
