@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fxapprox import distributed
 from fxapprox.blocks import BlockStack, find_block_stack
 from fxapprox.calibrate import Tokens, calibrate_eager, iter_batches, split_samples
 from fxapprox.errors import SpanError
@@ -185,9 +186,9 @@ class Analysis:
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
-        """JSON text of `to_dict()`; also written to `path` when given."""
+        """JSON text of `to_dict()`; also written to `path` when given (under a process group: by rank 0)."""
         text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
+        if path is not None and distributed.is_main():
             Path(path).write_text(text)
         return text
 
@@ -394,6 +395,8 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
         raise ValueError(f"output_samples={output_samples} must be >= 0 and output_max_len={output_max_len} "
                          "None or >= 1")
     stack = find_block_stack(model, blocks)
+    distributed.check_same(**distributed.model_facts(model), blocks=stack.num_blocks, num_samples=num_samples,
+                           tokens=tokens, holdout_folds=holdout_folds, output_samples=output_samples)
     device = model_device(model)
     first, batches = iter_batches(calib_loader)
     if output_samples:  # the calibration samples, then the held-out ones

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fxapprox import distributed
 from fxapprox.blocks import find_block_stack
 from fxapprox.calibrate import calibrate, iter_batches
 from fxapprox.errors import PlanMismatchError, SpanError
@@ -59,8 +60,9 @@ class CompressionResult:
         return {(sp.s, sp.e): sp.residual for sp in self.plan.spans}
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the plan and fitted weights (JSON + safetensors) into directory `path`."""
-        return self.plan.save(path, overwrite=overwrite)
+        """Write the plan and fitted weights (JSON + safetensors) into directory `path` (under a
+        process group: rank 0 only)."""
+        return self.plan.save(path, overwrite=overwrite) if distributed.is_main() else Path(path)
 
 
 def _count_params(module: nn.Module) -> int:
@@ -140,6 +142,8 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
             f"num_blocks={num_blocks} cannot be removed from a model with {stack.num_blocks} "
             f"blocks: choose 1 <= num_blocks <= {stack.num_blocks}"
         )
+    distributed.check_same(**distributed.model_facts(model), blocks=stack.num_blocks, spans=spans,
+                           num_blocks=num_blocks, transform=transform, metric=metric, num_samples=num_samples)
     params_before = _count_params(model)
     first, batches = iter_batches(calib_loader)
     traced = trace(model, first, stack)

@@ -25,6 +25,9 @@ __all__ = [
     "ChecksumMismatchError",
     "RegistryUnreachableError",
     "DatasetFilesMissingError",
+    "DistributedError",
+    "RankFailedError",
+    "RankMismatchError",
 ]
 
 
@@ -102,3 +105,15 @@ class RegistryUnreachableError(AssetError):
 
 class DatasetFilesMissingError(AssetError, FileNotFoundError):
     """Files of a locally installed dataset (e.g. a Debian package) are missing."""
+
+
+class DistributedError(FxApproxError):
+    """A multi-process (torch.distributed) run could not go on."""
+
+
+class RankFailedError(DistributedError):
+    """Another rank of the process group failed with an error that is not an fxapprox error."""
+
+
+class RankMismatchError(DistributedError):
+    """The ranks of a process group disagree on the model, the arguments or the boundary widths."""

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from fxapprox import distributed
 from fxapprox.features import last_hidden_state, pool_features
 from fxapprox.fit import DEFAULT_RIDGE, fit_affine
 from fxapprox.inputs import ModelInputs, token_mask
@@ -65,17 +66,19 @@ def relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
     return float((other.double() - reference.double()).norm() / reference.double().norm())
 
 
+@distributed.lockstep()
 def output_scores(traced: Traced, moments: BoundaryMoments, batches: Iterable[ModelInputs], spans: list[Span], *,
                   transform: str = "linear", ridge: float = DEFAULT_RIDGE, progress: bool = False) -> dict[Span, float]:
     """`{span: relative error of the pooled final features over all samples of batches}`, each span
-    replaced by its `transform` fitted on `moments` (all-token rows, as `compress` fits)."""
+    replaced by its `transform` fitted on `moments` (all-token rows, as `compress` fits). Under a
+    process group each rank scores its share of the spans on every batch; the results are gathered."""
     device = model_device(traced.module)
-    maps, _ = fitted_maps(moments, spans, transform=transform, ridge=ridge, device=device)
+    maps, _ = fitted_maps(moments, distributed.share(spans), transform=transform, ridge=ridge, device=device)
     runner = SuffixRunner(traced.module, traced.boundaries)
     squared = dict.fromkeys(maps, 0.0)
     total = 0.0
     for inputs in tqdm(batches, desc=f"output score × {len(spans)} spans", unit="batch", leave=False,
-                       disable=not progress):
+                       disable=not (progress and distributed.is_main())):
         original, replaced = batch_features(runner, maps, inputs.to(device))
         original = original.double()
         total += float(original.square().sum())
@@ -84,4 +87,5 @@ def output_scores(traced: Traced, moments: BoundaryMoments, batches: Iterable[Mo
     if total == 0.0:
         raise ValueError("the final features are all zero on these batches (or there are none): "
                          "the output score's relative error is undefined")
-    return {span: math.sqrt(sq / total) for span, sq in squared.items()}
+    squared = distributed.gather_dict(squared)
+    return {span: math.sqrt(squared[span] / total) for span in spans}

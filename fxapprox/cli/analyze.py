@@ -52,12 +52,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Load model and data, analyse, print the top spans and write the requested files."""
+    from fxapprox import distributed
     from fxapprox.analysis import analyze
 
     model, _, loader = load_model_and_calibration(args, extra_samples=args.output_samples)
     an = analyze(model, loader, num_samples=args.samples, tokens=args.tokens, blocks=args.blocks,
                  holdout_folds=args.holdout_folds, output_samples=args.output_samples,
                  output_max_len=args.output_max_len, progress=not args.no_progress)
+    if not distributed.is_main():  # under torchrun rank 0 alone prints and writes
+        return 0
     an.model = args.model
     top = an.top_k(args.top, span_len=args.span_len, metric=args.metric)
     print(f"{an.model}: {an.num_blocks} blocks, {an.samples} samples, tokens={an.tokens}; "

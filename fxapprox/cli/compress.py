@@ -36,11 +36,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Load, compress, save, print a summary."""
     import fxapprox
+    from fxapprox import distributed
 
     model, _, loader = load_model_and_calibration(args)
     res = fxapprox.compress(model, loader, spans=args.spans, num_blocks=args.num_blocks,
                             transform=args.transform, metric=args.metric, num_samples=args.samples,
                             blocks=args.blocks, progress=not args.no_progress)
+    if not distributed.is_main():  # under torchrun rank 0 alone prints and writes
+        return 0
     res.plan.source = args.model
     res.save(args.out, overwrite=args.overwrite)
     summary = {
