@@ -86,7 +86,9 @@ class BoundaryMoments:
         mean, which keeps their rounding at the scale of the centred values; the shift is added
         back in float64 and every total accumulates in float64.
         """
-        rows = [features[k].reshape(-1, features[k].shape[-1]) for k in self.indices]
+        # blocks dispatched across devices (accelerate device_map): the totals live on the first boundary's device
+        device = self.sums.device if self.sums is not None else features[self.indices[0]].device
+        rows = [features[k].reshape(-1, features[k].shape[-1]).to(device) for k in self.indices]
         z = torch.cat(rows, dim=1)
         if self.product_dtype is not None:
             z = z.to(self.product_dtype)

@@ -240,3 +240,19 @@ def test_bf16_vit_exports_as_float32(tmp_path):
     exported = to_onnx(res.module.float(), {"pixel_values": batches[0]["pixel_values"].float()},
                        tmp_path / "fp32.onnx")
     assert Path(exported.path).is_file()
+
+
+def test_block_dispatched_model_calibrates_through_hooks():
+    """An accelerate `device_map` by block (all on the CPU here: spreading blocks over devices needs GPUs)."""
+    accelerate = pytest.importorskip("accelerate")
+    model, batches, _ = hf_family("vit")
+    reference = fxapprox.analyze(model, batches, num_samples=12, tokens="all", progress=False)
+    stack = find_block_stack(model)
+    device_map = {stack.block_path(i): "cpu" for i in range(stack.num_blocks)}
+    device_map.update({name: "cpu" for name, _ in model.named_children() if name != stack.path.split(".")[0]})
+    model = accelerate.dispatch_model(model, device_map=device_map)
+    assert set(model.hf_device_map) >= {stack.block_path(i) for i in range(stack.num_blocks)}
+    an = fxapprox.analyze(model, batches, num_samples=12, tokens="all", progress=False)
+    assert an.capture_path == "eager block hooks"
+    assert torch.equal(torch.from_numpy(an.scores["linear"]).nan_to_num(),
+                       torch.from_numpy(reference.scores["linear"]).nan_to_num())
