@@ -43,10 +43,10 @@ def _batches(nan_batch: int | None = None) -> list[torch.Tensor]:
     return out
 
 
-def _moments(model) -> FoldedMoments:
+def _moments(model, num_samples: int = NUM_SAMPLES) -> FoldedMoments:
     stack = find_block_stack(model)
     folded = FoldedMoments(list(range(-1, stack.num_blocks)), 2)
-    calibrate_eager(model, stack, folded.indices, iter_batches(_batches())[1], NUM_SAMPLES, moments=folded,
+    calibrate_eager(model, stack, folded.indices, iter_batches(_batches())[1], num_samples, moments=folded,
                     progress=False)
     return folded
 
@@ -54,7 +54,7 @@ def _moments(model) -> FoldedMoments:
 def _tensors(folded: FoldedMoments) -> dict[str, torch.Tensor]:
     out = {}
     for i, part in enumerate(folded.parts):
-        for j, t in enumerate(part.totals()):
+        for j, t in enumerate(part.totals() if part.sums is not None else []):  # a fold no batch went to
             out[f"{i}.{j}"] = t.cpu()
         out[f"{i}.counts"] = torch.tensor([part.rows, part.samples])
     return out
@@ -84,6 +84,7 @@ def _same_work(rank: int, port: int, out: str) -> None:
     out = Path(out)
     model = tiny_net(KINDS)
     save_file(_tensors(_moments(model)), str(out / f"moments{rank}.safetensors"))
+    save_file(_tensors(_moments(model, 4)), str(out / f"first_batch{rank}.safetensors"))  # rank 1 gets no sample
     an = _analysis(model)
     (out / f"analysis{rank}.json").write_text(an.to_json())
     an.to_json(out / f"written{rank}.json")
@@ -159,11 +160,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_moments_equal_one_process(same_work, one_thread):
-    reference = _tensors(_moments(tiny_net(KINDS)))
-    assert reference["0.counts"][1] + reference["1.counts"][1] == NUM_SAMPLES
+@pytest.mark.parametrize(("name", "num_samples"), [("moments", NUM_SAMPLES), ("first_batch", 4)])
+def test_moments_equal_one_process(same_work, one_thread, name, num_samples):
+    reference = _tensors(_moments(tiny_net(KINDS), num_samples))
+    assert reference["0.counts"][1] + reference["1.counts"][1] == num_samples
     for rank in range(WORLD):
-        got = load_file(str(same_work / f"moments{rank}.safetensors"))
+        got = load_file(str(same_work / f"{name}{rank}.safetensors"))
         assert got.keys() == reference.keys()
         for key, ref in reference.items():
             if key.endswith("counts"):
