@@ -396,7 +396,8 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
                          "None or >= 1")
     stack = find_block_stack(model, blocks)
     distributed.check_same(**distributed.model_facts(model), blocks=stack.num_blocks, num_samples=num_samples,
-                           tokens=tokens, holdout_folds=holdout_folds, output_samples=output_samples)
+                           tokens=tokens, holdout_folds=holdout_folds, output_samples=output_samples,
+                           output_max_len=output_max_len, ridge=ridge)
     device = model_device(model)
     first, batches = iter_batches(calib_loader)
     if output_samples:  # the calibration samples, then the held-out ones
