@@ -5,7 +5,9 @@ output_samples=...)`: calibration (split by batch across ranks, moments summed) 
 score (split by span across ranks, every rank runs the full pass on every held-out batch).
 Cases: one process with `--threads` threads, and `--world` processes with `--threads // world`
 threads each (the same cores shared out). Each case runs in fresh processes; the time is rank 0's
-wall time of the analyze() call (after a barrier), best of `--repeats`.
+wall time of the analyze() call (after a barrier), best of `--repeats`, and the CPU seconds of all
+ranks together (less disturbed by other load on a shared machine; the machine's load average is
+recorded).
 
     python benchmarks/bench_distributed.py [--samples 256] [--output-samples 64] [--output-max-len 3]
                                            [--world 2] [--threads 2] [--repeats 2] [--json out.json]
@@ -43,13 +45,13 @@ def _worker(rank: int, world: int, port: int, threads: int, args: dict, out: str
         dist.barrier()
     model = _model()
     batches = list(_batches(args["samples"] + args["output_samples"], args["batch"]))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     an = fxapprox.analyze(model, batches, num_samples=args["samples"], tokens="all",
                           output_samples=args["output_samples"], output_max_len=args["output_max_len"],
                           progress=False)
-    seconds = time.perf_counter() - t0
-    if rank == 0:
-        Path(out).write_text(json.dumps({"seconds": seconds, "top3_output": an.top_k(3, metric="output")}))
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    Path(f"{out}.{rank}").write_text(json.dumps({"seconds": seconds, "cpu_s": cpu,
+                                                 "top3_output": an.top_k(3, metric="output")}))
     if world > 1:
         dist.destroy_process_group()
 
@@ -60,9 +62,10 @@ def run_case(world: int, threads: int, args: dict) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
-        out = str(Path(tmp) / "rank0.json")
+        out = str(Path(tmp) / "rank")
         mp.start_processes(_worker, args=(world, port, threads, args, out), nprocs=world, start_method="spawn")
-        return json.loads(Path(out).read_text())
+        ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
+    return {**ranks[0], "cpu_s": sum(r["cpu_s"] for r in ranks)}
 
 
 def main() -> None:
@@ -81,6 +84,7 @@ def main() -> None:
     cases = {"1 process": (1, args.threads),
              f"{args.world} processes": (args.world, max(1, args.threads // args.world))}
     best: dict[str, float] = {}
+    best_cpu: dict[str, float] = {}
     runs: dict[str, list[float]] = {}
     tops = {}
     for _ in range(args.repeats):
@@ -88,6 +92,7 @@ def main() -> None:
             result = run_case(world, threads, work)
             runs.setdefault(name, []).append(round(result["seconds"], 2))
             best[name] = min(best.get(name, float("inf")), result["seconds"])
+            best_cpu[name] = min(best_cpu.get(name, float("inf")), result["cpu_s"])
             tops[name] = result["top3_output"]
             print(name, runs[name][-1], file=sys.stderr)
     names = list(cases)
@@ -95,7 +100,9 @@ def main() -> None:
         "model": "ViT-S-sized random ViTModel (12 blocks, d=384), 112 px (50 tokens)", "work": work,
         "cases": {name: {"processes": w, "threads_each": t} for name, (w, t) in cases.items()},
         "cpu_count": os.cpu_count(), "torch": torch.__version__, "machine": platform.machine(),
+        "load_average": os.getloadavg(),
         "runs_seconds": runs, "best_seconds": {k: round(v, 2) for k, v in best.items()},
+        "best_cpu_seconds_all_ranks": {k: round(v, 2) for k, v in best_cpu.items()},
         "speedup": round(best[names[0]] / best[names[1]], 3),
         "same_top3_output": tops[names[0]] == tops[names[1]],
     }

@@ -112,18 +112,18 @@ def _status(failed: bool) -> bool:
 
 
 def _raise_everywhere(own: BaseException | None) -> None:
-    """Every rank learns the first failing rank's error and raises the same type: the error's own
+    """Every rank learns the lowest failing rank's error and raises the same type: the error's own
     class when it is an fxapprox error, else `RankFailedError` (chained to the original there)."""
     reports = _gather_object(None if own is None else (type(own).__name__, str(own)))
     failed, (name, message) = next((r, rep) for r, rep in enumerate(reports) if rep is not None)
     cls = getattr(errors, name, None)
     typed = isinstance(cls, type) and issubclass(cls, FxApproxError)
-    if own is not None and typed:
+    if failed == rank() and typed:
         setattr(own, _COLLECTIVE, True)
         raise own
     err = (cls if typed else RankFailedError)(
-        f"rank {failed} of {world_size()} failed ({name}): {message}" if typed or own is None else
-        f"this rank failed ({name}): {message}; every rank stopped")
+        f"this rank failed ({name}): {message}; every rank stopped" if failed == rank() else
+        f"rank {failed} of {world_size()} failed ({name}): {message}")
     setattr(err, _COLLECTIVE, True)
     raise err from own
 
@@ -241,9 +241,11 @@ def check_same_values(what: str, values: list[Any]) -> None:
     """Raise `RankMismatchError` (on every rank: `values` is the same list everywhere) unless all equal."""
     if any(not _same(v, values[0]) for v in values[1:]):
         listed = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
-        raise RankMismatchError(
+        err = RankMismatchError(
             f"the ranks disagree on {what} ({listed}): every rank must load the same model and get the "
             "same arguments and the same loader (seed your data and model building identically)")
+        setattr(err, _COLLECTIVE, True)  # every rank raises it
+        raise err
 
 
 def check_same(**facts: Any) -> None:

@@ -207,7 +207,7 @@ def test_failure_on_one_rank_stops_every_rank(tmp_path):
     other = [s["other model"] for s in seen]
     assert [o[0] for o in other] == [RankMismatchError.__name__] * WORLD
     assert "weights checksum" in other[0][1]
-    assert all(s[name][2] < 20 for s in seen for name in s)  # well below the group's 30 s timeout
+    assert all(s[name][2] < 25 for s in seen for name in s)  # below the group's 30 s timeout: no rank waited it out
 
 
 def test_without_process_group_nothing_changes():
