@@ -395,7 +395,7 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
         raise ValueError(f"output_samples={output_samples} must be >= 0 and output_max_len={output_max_len} "
                          "None or >= 1")
     stack = find_block_stack(model, blocks)
-    distributed.check_same(**distributed.model_facts(model), blocks=stack.num_blocks, num_samples=num_samples,
+    distributed.check_same(model, blocks=stack.num_blocks, num_samples=num_samples,
                            tokens=tokens, holdout_folds=holdout_folds, output_samples=output_samples,
                            output_max_len=output_max_len, ridge=ridge)
     device = model_device(model)

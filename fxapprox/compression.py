@@ -142,7 +142,7 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
             f"num_blocks={num_blocks} cannot be removed from a model with {stack.num_blocks} "
             f"blocks: choose 1 <= num_blocks <= {stack.num_blocks}"
         )
-    distributed.check_same(**distributed.model_facts(model), blocks=stack.num_blocks, spans=spans,
+    distributed.check_same(model, blocks=stack.num_blocks, spans=spans,
                            num_blocks=num_blocks, transform=transform, metric=metric, num_samples=num_samples,
                            ridge=ridge)
     params_before = _count_params(model)

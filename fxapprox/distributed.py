@@ -248,10 +248,11 @@ def check_same_values(what: str, values: list[Any]) -> None:
         raise err
 
 
-def check_same(**facts: Any) -> None:
-    """Fail fast on every rank if any rank's `facts` differ (e.g. `model_facts(model)`, spans, samples)."""
+def check_same(model: nn.Module | None = None, **facts: Any) -> None:
+    """Fail fast on every rank if the ranks' `model_facts(model)` or `facts` (spans, samples, ...) differ."""
     if not is_distributed():
         return
+    facts = {**(model_facts(model) if model is not None else {}), **facts}
     with lockstep():
         check()
         reports = _gather_object(facts)
