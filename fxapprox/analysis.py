@@ -230,8 +230,10 @@ class Analysis:
     def plot(self, path: str | Path, metric: str | Sequence[str] | None = None) -> Path:
         """Heatmap(s) of the score matrices (rows: source s, columns: target e) → PNG at `path`.
 
-        `metric=None` draws every metric, one panel each.
+        `metric=None` draws every metric, one panel each (under a process group: rank 0 draws).
         """
+        if not distributed.is_main():
+            return Path(path)
         try:
             import matplotlib
         except ImportError:
