@@ -150,15 +150,15 @@ def lockstep() -> Iterator[None]:
 # --- data-parallel calibration --------------------------------------------------------------------
 
 def _cut(batches: Iterable[ModelInputs], num_samples: int) -> Iterator[ModelInputs]:
-    """The global stream, cut after exactly `num_samples` samples."""
+    """The global stream, cut after exactly `num_samples` samples (no batch after the cut is read)."""
     seen = 0
     for batch in batches:
-        if seen >= num_samples:
-            return
         if batch.batch_size > num_samples - seen:
             batch = batch.take(num_samples - seen)
         seen += batch.batch_size
         yield batch
+        if seen >= num_samples:
+            return
 
 
 def shard_batches(batches: Iterable[ModelInputs], num_samples: int,
