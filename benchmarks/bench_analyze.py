@@ -7,9 +7,10 @@ seconds and this process's CPU seconds, the latter less disturbed by other load 
   scored by every metric (analyze runs the eager model with block hooks: no graph capture).
 Memory: `analyze(tokens="all")` in a fresh process at `--memory-samples` (default 128 and 1024),
 peak RSS; batches are generated on the fly so the data does not grow the process either.
+`--width 768` makes the model ViT-B-sized (12 heads, MLP 3072); `--no-timing` measures memory only.
 
     python benchmarks/bench_analyze.py [--samples 128] [--batch 32] [--repeats 2] [--memory-samples 128 1024]
-                                       [--json out.json] [--heatmap out.png]
+                                       [--width 384] [--no-timing] [--json out.json] [--heatmap out.png]
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def _analyze(model, samples: int, batch: int, tokens: str):
     return fxapprox.analyze(model, _batches(samples, batch), num_samples=samples, tokens=tokens, progress=False)
 
 
-def timing(samples: int, batch: int, repeats: int, heatmap: str | None = None) -> dict:
+def timing(samples: int, batch: int, repeats: int, heatmap: str | None = None, width: int = 384) -> dict:
     """Best-of-`repeats` seconds of forward / analyze(cls) / analyze(all), interleaved."""
-    model = _model()
+    model = _model(width)
     best: dict[str, float] = {}
     best_cpu: dict[str, float] = {}
     runs: dict[str, list[float]] = {}
@@ -76,9 +77,9 @@ def timing(samples: int, batch: int, repeats: int, heatmap: str | None = None) -
     }
 
 
-def memory_case(samples: int, batch: int, tokens: str) -> dict:
+def memory_case(samples: int, batch: int, tokens: str, width: int) -> dict:
     """Peak RSS of one analyze() in this (fresh) process."""
-    model = _model()
+    model = _model(width)
     before = _rss_mib()
     t0 = time.perf_counter()
     an = _analyze(model, samples, batch, tokens)
@@ -97,23 +98,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--memory-samples", type=int, nargs="*", default=[128, 1024])
     parser.add_argument("--memory-tokens", default="all", choices=("cls", "mean", "all"))
+    parser.add_argument("--width", type=int, default=384, help="hidden width of the 12-block model (default 384)")
+    parser.add_argument("--no-timing", action="store_true", help="measure memory only")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--heatmap", help="write heatmaps of the tokens='all' analysis here (PNG)")
     parser.add_argument("--memory-case", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_case is not None:
-        print(json.dumps(memory_case(args.memory_case, args.batch, args.memory_tokens)))
+        print(json.dumps(memory_case(args.memory_case, args.batch, args.memory_tokens, args.width)))
         return
+    w = args.width
     report = {
-        "model": "ViT-S-sized random ViTModel (12 blocks, d=384, 6 heads, MLP 1536), 112 px (50 tokens)",
+        "model": f"random ViTModel (12 blocks, d={w}, {w // 64} heads, MLP {4 * w}), 112 px (50 tokens)",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-        "timing": timing(args.samples, args.batch, args.repeats, args.heatmap),
     }
-    print(json.dumps(report["timing"]), file=sys.stderr)
+    if not args.no_timing:
+        report["timing"] = timing(args.samples, args.batch, args.repeats, args.heatmap, w)
+        print(json.dumps(report["timing"]), file=sys.stderr)
     memory = []
     for samples in args.memory_samples:
         proc = subprocess.run([sys.executable, __file__, "--memory-case", str(samples), "--batch", str(args.batch),
-                               "--memory-tokens", args.memory_tokens], capture_output=True, text=True, check=True)
+                               "--memory-tokens", args.memory_tokens, "--width", str(w)],
+                              capture_output=True, text=True, check=True)
         memory.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(memory[-1]), file=sys.stderr)
     report["memory"] = memory

@@ -24,12 +24,12 @@ import torch
 from fxapprox.cli.common import write_json
 
 
-def _model():
+def _model(width: int = 384):
     from transformers import ViTConfig, ViTModel
 
     torch.manual_seed(0)
-    cfg = ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                    image_size=112, patch_size=16)
+    cfg = ViTConfig(hidden_size=width, num_hidden_layers=12, num_attention_heads=width // 64,
+                    intermediate_size=4 * width, image_size=112, patch_size=16)
     return ViTModel(cfg).eval()
 
 

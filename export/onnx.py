@@ -341,6 +341,11 @@ def to_onnx(module_or_model: Any, example_inputs: Any, path: str | Path, *, dyna
     `external_data=None` stores the weights in `<path>.data` only when the model is over 2 GB.
     """
     module, plan = _unwrap(module_or_model)
+    if any(p.dtype == torch.bfloat16 for p in module.parameters()):
+        raise ExportError(
+            "the module holds bfloat16 weights: torch.onnx exports them, but onnxruntime has no bfloat16 kernels "
+            "for most operators (Conv, MatMul, LayerNormalization on CPU), so the file cannot be checked or run; "
+            "export a float32 copy: to_onnx(result.module.float(), float32 inputs, path)")
     path = _check_path(path)
     inputs = conform_inputs(module, as_model_inputs(example_inputs))
     _set_eval(module)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fxapprox import distributed
 from fxapprox.blocks import BlockStack, find_block_stack
 from fxapprox.boundaries import UNITS, unit_nodes
 from fxapprox.calibrate import Tokens, calibrate, calibrate_eager, iter_batches, split_samples
@@ -212,9 +213,9 @@ class Analysis:
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
-        """JSON text of `to_dict()`; also written to `path` when given."""
+        """JSON text of `to_dict()`; also written to `path` when given (under a process group: by rank 0)."""
         text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
+        if path is not None and distributed.is_main():
             Path(path).write_text(text)
         return text
 
@@ -259,8 +260,10 @@ class Analysis:
     def plot(self, path: str | Path, metric: str | Sequence[str] | None = None) -> Path:
         """Heatmap(s) of the score matrices (rows: source s, columns: target e) → PNG at `path`.
 
-        `metric=None` draws every metric, one panel each.
+        `metric=None` draws every metric, one panel each (under a process group: rank 0 draws).
         """
+        if not distributed.is_main():
+            return Path(path)
         try:
             import matplotlib
         except ImportError:
@@ -500,6 +503,9 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
     if units not in UNITS:
         raise ValueError(f"units={units!r} is not one of {UNITS}")
     stack = find_block_stack(model, blocks)
+    distributed.check_same(model, blocks=stack.num_blocks, num_samples=num_samples,
+                           tokens=tokens, holdout_folds=holdout_folds, output_samples=output_samples,
+                           output_max_len=output_max_len, ridge=ridge, units=units)
     device = model_device(model)
     first, batches = iter_batches(calib_loader)
     traced = trace(model, first, stack, units) if units == "half" else None

@@ -20,6 +20,7 @@ import torch
 import torch.fx
 from tqdm.auto import tqdm
 
+from fxapprox import distributed
 from fxapprox.blocks import BlockStack
 from fxapprox.boundaries import Boundaries
 from fxapprox.capture import flat_graph_inputs
@@ -201,9 +202,11 @@ def calibrate_eager(model: torch.nn.Module, stack: BlockStack, indices: list[int
                    num_samples, tokens=tokens, device=device, progress=progress)
 
 
+@distributed.lockstep()
 def _stream(make_runner, moments, batches: Iterable[ModelInputs], num_samples: int, *, tokens: Tokens,
             device: torch.device | None, progress: bool):
-    """The calibration loop shared by the graph and the eager runners."""
+    """The calibration loop shared by the graph and the eager runners (under a process group: this
+    rank's share of the batches, then the moments summed over the ranks)."""
     current: dict[int, torch.Tensor] = {}
 
     def observe(k: int, h: torch.Tensor) -> None:
@@ -216,8 +219,9 @@ def _stream(make_runner, moments, batches: Iterable[ModelInputs], num_samples: i
         current[k] = h.detach()
 
     runner = make_runner(observe)
-    bar = tqdm(total=num_samples, unit="sample", desc="calibrating", disable=not progress, leave=False)
-    for inputs in batches:
+    bar = tqdm(total=num_samples, unit="sample", desc="calibrating", disable=not (progress and distributed.is_main()),
+               leave=False)
+    for inputs in distributed.shard_batches(batches, num_samples, moments):
         remaining = num_samples - moments.samples
         if remaining <= 0:
             break
@@ -232,6 +236,7 @@ def _stream(make_runner, moments, batches: Iterable[ModelInputs], num_samples: i
         bar.update(inputs.batch_size)
     bar.close()
     current.clear()
+    distributed.reduce_moments(moments)
     if moments.samples == 0:
         raise EmptyCalibrationError("no calibration sample was seen: the loader's batches are empty")
     if moments.samples < num_samples:
@@ -239,7 +244,7 @@ def _stream(make_runner, moments, batches: Iterable[ModelInputs], num_samples: i
             f"the calibration loader gave {moments.samples} samples, fewer than num_samples="
             f"{num_samples}; continuing with {moments.samples}",
             FewerSamplesWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
     log.info("calibrated on %d samples (%d rows)", moments.samples, moments.rows)
     return moments

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fxapprox import distributed
 from fxapprox.blocks import find_block_stack
 from fxapprox.boundaries import UNITS
 from fxapprox.calibrate import calibrate, iter_batches, split_samples
@@ -75,8 +76,9 @@ class CompressionResult:
         return {(sp.s, sp.e): sp.residual for sp in self.plan.spans}
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the plan and fitted weights (JSON + safetensors) into directory `path`."""
-        return self.plan.save(path, overwrite=overwrite)
+        """Write the plan and fitted weights (JSON + safetensors) into directory `path` (under a
+        process group: rank 0 only)."""
+        return self.plan.save(path, overwrite=overwrite) if distributed.is_main() else Path(path)
 
 
 def _count_params(module: nn.Module) -> int:
@@ -274,6 +276,9 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
             f"num_blocks={num_blocks} cannot be removed from a model with {num_units} "
             f"{'half-block units' if units == 'half' else 'blocks'}: choose 1 <= num_blocks <= {num_units}"
         )
+    distributed.check_same(model, blocks=stack.num_blocks, spans=spans,
+                           num_blocks=num_blocks, transform=transform, metric=metric, num_samples=num_samples,
+                           ridge=ridge, units=units, prior=prior, refit=refit, fold=fold, selection=selection)
     params_before = _count_params(model)
     first, batches = iter_batches(calib_loader)
     if refit == "sequential":  # the same calibration samples again for every later span

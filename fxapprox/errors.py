@@ -29,6 +29,9 @@ __all__ = [
     "DatasetFilesMissingError",
     "MissingScoreError",
     "UnsupportedOutputError",
+    "DistributedError",
+    "RankFailedError",
+    "RankMismatchError",
 ]
 
 
@@ -122,3 +125,15 @@ class MissingScoreError(FxApproxError, ValueError):
 
 class UnsupportedOutputError(FxApproxError, TypeError):
     """The model's output holds neither final hidden states nor logits the `output` score can compare."""
+
+
+class DistributedError(FxApproxError):
+    """A multi-process (torch.distributed) run could not go on."""
+
+
+class RankFailedError(DistributedError):
+    """Another rank of the process group failed with an error that is not an fxapprox error."""
+
+
+class RankMismatchError(DistributedError):
+    """The ranks of a process group disagree on the model, the arguments or the boundary widths."""

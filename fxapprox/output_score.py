@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from fxapprox import distributed
 from fxapprox.calibrate import token_rows
 from fxapprox.errors import UnsupportedOutputError
 from fxapprox.features import last_hidden_state, pool_features
@@ -147,20 +148,22 @@ def _reader(target: str, head: bool, mask: torch.Tensor | None,
     return lambda out: pool_features(last_hidden_state(out), mask).float().double(), None
 
 
+@distributed.lockstep()
 def output_damage(traced: Traced, moments: BoundaryMoments, batches: Iterable[ModelInputs], spans: list[Span], *,
                   transform: str = "linear", ridge: float = DEFAULT_RIDGE, target: str = "auto",
                   progress: bool = False) -> OutputDamage:
     """Each span replaced by its `transform` fitted on `moments` (all-token rows, as `compress`
-    fits) → its damage to the model's real output on `batches` (see the module docstring)."""
+    fits) → its damage to the model's real output on `batches` (see the module docstring). Under a
+    process group each rank scores its share of the spans on every batch; the results are gathered."""
     check_output_target(target)
     device = model_device(traced.module)
-    maps, _ = fitted_maps(moments, spans, transform=transform, ridge=ridge, device=device)
+    maps, _ = fitted_maps(moments, distributed.share(spans), transform=transform, ridge=ridge, device=device)
     runner = SuffixRunner(traced.module, traced.boundaries)
     last, resolved, head = traced.boundaries.num_blocks - 1, None, False
     squared, disagree = dict.fromkeys(maps, 0.0), dict.fromkeys(maps, 0)
     total, rows = 0.0, 0
     for inputs in tqdm(batches, desc=f"output score × {len(spans)} spans", unit="batch", leave=False,
-                       disable=not progress):
+                       disable=not (progress and distributed.is_main())):
         inputs = inputs.to(device)
         mask = token_mask(inputs)
         cache = runner.prefix(inputs)
@@ -179,6 +182,7 @@ def output_damage(traced: Traced, moments: BoundaryMoments, batches: Iterable[Mo
         total += float(original.square().sum())
         for span, features in replaced.items():
             squared[span] += float((features - original).square().sum())
+    squared, disagree = distributed.gather_dict(squared), distributed.gather_dict(disagree)
     if resolved == "logits":
         if rows == 0:
             raise ValueError("no samples to measure the output score on: pass at least one batch")

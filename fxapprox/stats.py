@@ -65,14 +65,16 @@ class BoundaryMoments:
             groups.setdefault(self.dims[k], []).append(pos)
         return list(groups.values())
 
-    def _init(self, z: torch.Tensor) -> None:
-        n, width = len(self.indices), z.shape[1]
-        self._upper = torch.zeros(width, width, dtype=torch.float64, device=z.device)
-        self.sums = torch.zeros(width, dtype=torch.float64, device=z.device)
-        self.cos_sums = torch.full((n, n), math.nan, dtype=torch.float64, device=z.device)
-        self.angle_sums = torch.full((n, n), math.nan, dtype=torch.float64, device=z.device)
+    def allocate(self, dims: dict[int, int], device: torch.device) -> None:
+        """Zero totals for boundaries of widths `dims` on `device` (the first batch does this)."""
+        self.dims = dict(dims)
+        n, width = len(self.indices), sum(self.dims.values())
+        self._upper = torch.zeros(width, width, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(width, dtype=torch.float64, device=device)
+        self.cos_sums = torch.full((n, n), math.nan, dtype=torch.float64, device=device)
+        self.angle_sums = torch.full((n, n), math.nan, dtype=torch.float64, device=device)
         for group in self._width_groups():
-            idx = torch.tensor(group, device=z.device)
+            idx = torch.tensor(group, device=device)
             self.cos_sums[idx.unsqueeze(1), idx] = 0.0
             self.angle_sums[idx.unsqueeze(1), idx] = 0.0
 
@@ -84,15 +86,16 @@ class BoundaryMoments:
         mean, which keeps their rounding at the scale of the centred values; the shift is added
         back in float64 and every total accumulates in float64.
         """
-        rows = [features[k].reshape(-1, features[k].shape[-1]) for k in self.indices]
+        # blocks dispatched across devices (accelerate device_map): the totals live on the first boundary's device
+        device = self.sums.device if self.sums is not None else features[self.indices[0]].device
+        rows = [features[k].reshape(-1, features[k].shape[-1]).to(device) for k in self.indices]
         z = torch.cat(rows, dim=1)
         if self.product_dtype is not None:
             z = z.to(self.product_dtype)
         elif z.dtype != torch.float64:
             z = z.to(torch.float32)
         if self._upper is None:
-            self.dims = {k: r.shape[-1] for k, r in zip(self.indices, rows)}
-            self._init(z)
+            self.allocate({k: r.shape[-1] for k, r in zip(self.indices, rows)}, z.device)
         n = z.shape[0]
         self._add_cosines(z)
         shift = z.mean(dim=0)
@@ -143,6 +146,11 @@ class BoundaryMoments:
         self.angle_sums += other.angle_sums
         self.rows += other.rows
         self.samples += other.samples
+
+    def totals(self) -> list[torch.Tensor]:
+        """The float64 accumulators (`ZᵀZ` upper triangle, sums, cosine and angle sums), e.g. to sum
+        them in place across processes."""
+        return [self._upper, self.sums, self.cos_sums, self.angle_sums]
 
     @property
     def gram(self) -> torch.Tensor | None:
@@ -202,7 +210,7 @@ class FoldedMoments:
         if folds < 2:
             raise ValueError(f"folds={folds} must be at least 2")
         self.parts = [BoundaryMoments(indices, product_dtype=product_dtype) for _ in range(folds)]
-        self._batches = 0
+        self._batches, self._step = 0, 1
 
     @property
     def indices(self) -> list[int]:
@@ -219,7 +227,12 @@ class FoldedMoments:
     def update(self, features: dict[int, torch.Tensor], samples: int) -> None:
         """Add one batch to the next fold in turn."""
         self.parts[self._batches % len(self.parts)].update(features, samples)
-        self._batches += 1
+        self._batches += self._step
+
+    def stride(self, first: int, step: int) -> None:
+        """The batches to come are batches `first, first + step, ...` of a longer stream (one rank's
+        share): fold them by their place in that stream."""
+        self._batches, self._step = first, step
 
     def total(self) -> BoundaryMoments:
         """All folds together."""

@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 
+from fxapprox import distributed
 from fxapprox.errors import FxApproxError
 
 __all__ = ["main", "build_parser"]
@@ -35,13 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv`, run the subcommand; typed fxapprox errors and refusals to overwrite → message, exit 2."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    joined = distributed.init_from_env()  # under torchrun: join the process group; rank 0 alone logs and prints
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level if distributed.is_main() else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except (FxApproxError, FileExistsError) as err:
-        print(f"fxapprox {args.command}: error: {err}", file=sys.stderr)
+        if distributed.is_main():
+            print(f"fxapprox {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if joined:
+            distributed.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -59,6 +59,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Load model and data, analyse, print the top spans and write the requested files."""
+    from fxapprox import distributed
     from fxapprox.analysis import analyze
 
     model, _, loader = load_model_and_calibration(args, extra_samples=args.output_samples)
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
                  holdout_folds=args.holdout_folds, output_samples=args.output_samples,
                  output_max_len=args.output_max_len or None, output_target=args.output_target,
                  progress=not args.no_progress, units=args.units)
+    if not distributed.is_main():  # under torchrun rank 0 alone prints and writes
+        return 0
     an.model = args.model
     if args.metric is None:
         args.metric = "output" if args.output_samples else "linear"

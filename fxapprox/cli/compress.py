@@ -59,6 +59,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Load, compress, save, print a summary."""
     import fxapprox
+    from fxapprox import distributed
 
     model, _, loader = load_model_and_calibration(args)
     tolerance = {} if args.auto_tolerance is None else {"auto_tolerance": args.auto_tolerance}
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
                             blocks=args.blocks, output_target=args.output_target, progress=not args.no_progress,
                             units=args.units, prior=args.prior, refit=args.refit, fold=args.fold,
                             selection=args.selection, **tolerance)
+    if not distributed.is_main():  # under torchrun rank 0 alone prints and writes
+        return 0
     res.plan.source = args.model
     res.save(args.out, overwrite=args.overwrite)
     summary = {
