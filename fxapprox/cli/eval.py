@@ -37,7 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        "(s-e replaces blocks s+1..e; m1-e starts at the embeddings)")
     which.add_argument("--num-blocks", type=int, help="remove this many blocks, spans chosen by --metric")
     p.add_argument("--transform", choices=("linear", "identity"), default="linear")
-    p.add_argument("--metric", default="linear", help="score that chooses spans with --num-blocks")
+    p.add_argument("--metric", default="output", help="score that chooses spans with --num-blocks (default: output)")
     p.add_argument("--train-samples", type=int, default=2000,
                    help="random train rows for the probe (default: 2000; 0 = the whole split)")
     p.add_argument("--test-samples", type=int, default=1000,
