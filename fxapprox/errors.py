@@ -25,11 +25,22 @@ __all__ = [
     "ChecksumMismatchError",
     "RegistryUnreachableError",
     "DatasetFilesMissingError",
+    "OutputExistsError",
 ]
 
 
 class FxApproxError(Exception):
-    """Base class of every error fxapprox raises on purpose."""
+    """Base class of every error fxapprox raises on purpose.
+
+    Its text is the message alone: the context torch.fx's Interpreter appends to an error raised
+    inside a graph ("While executing %node ... Original traceback ...") is dropped.
+    """
+
+    def __str__(self) -> str:
+        return super().__str__().split(_FX_CONTEXT, 1)[0]
+
+
+_FX_CONTEXT = "\n\nWhile executing "
 
 
 class CaptureError(FxApproxError):
@@ -102,3 +113,7 @@ class RegistryUnreachableError(AssetError):
 
 class DatasetFilesMissingError(AssetError, FileNotFoundError):
     """Files of a locally installed dataset (e.g. a Debian package) are missing."""
+
+
+class OutputExistsError(FxApproxError, FileExistsError):
+    """An output directory already holds files and overwriting them was not allowed."""

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from fxapprox.cli.common import add_model_data_args, load_model_and_calibration, write_json
-from fxapprox.spans import parse_spans
+from fxapprox.cli.common import (
+    SPANS_HELP,
+    add_model_data_args,
+    check_out_dir,
+    load_model_and_calibration,
+    positive_int,
+    spans_arg,
+    write_json,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -20,14 +27,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     add_model_data_args(p, samples=500)
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--spans", type=parse_spans, help="spans s-e to replace, e.g. '9-11,3-4' "
-                       "(s-e replaces blocks s+1..e; m1-e starts at the embeddings)")
-    which.add_argument("--num-blocks", type=int, help="remove this many blocks, spans chosen by --metric")
-    p.add_argument("--transform", choices=("linear", "identity"), default="linear")
+    which.add_argument("--spans", type=spans_arg, help=SPANS_HELP)
+    which.add_argument("--num-blocks", type=positive_int, help="remove this many blocks, spans chosen by --metric")
+    p.add_argument("--transform", choices=("linear", "identity"), default="linear",
+                   help="what replaces each span: a least-squares linear map, or nothing (identity; needs equal "
+                   "widths)")
     p.add_argument("--metric", default="linear", help="score that chooses spans with --num-blocks: linear, "
                    "mse, br, cosine, angular, cka, identity, or output (error of the final features)")
-    p.add_argument("--out", required=True, help="directory to write the plan into")
-    p.add_argument("--overwrite", action="store_true", help="replace a plan already in --out")
+    p.add_argument("--out", required=True, help="directory to write the plan into (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing a plan there")
     p.add_argument("--json", metavar="PATH", help="write a summary as JSON")
     p.set_defaults(func=run)
     return p
@@ -37,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     """Load, compress, save, print a summary."""
     import fxapprox
 
+    check_out_dir(args.out, args.overwrite)
     model, _, loader = load_model_and_calibration(args)
     res = fxapprox.compress(model, loader, spans=args.spans, num_blocks=args.num_blocks,
                             transform=args.transform, metric=args.metric, num_samples=args.samples,
