@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from export_helpers import IMAGE, tiny_vit
+from cli_helpers import image_dataset_dir, vit_dir
+from export_helpers import IMAGE
 
 from fxapprox.cli import _join_dash_values, build_parser
 
@@ -113,22 +113,8 @@ def test_spans_at_the_embeddings_parse(spans):  # item 6
 @pytest.fixture(scope="module")
 def nan_model_and_images(tmp_path_factory):
     """A tiny ViT directory whose blocks from 1 on output NaN, and a save_to_disk image dataset for it."""
-    import datasets
-    import numpy as np
-    from PIL import Image
-
     root = tmp_path_factory.mktemp("nan")
-    model = tiny_vit()
-    with torch.no_grad():
-        model.layers[1].mlp.fc2.bias[0] = float("nan")
-    model.save_pretrained(root / "vit")
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (IMAGE, IMAGE, 3), dtype=np.uint8)) for _ in range(8)]
-    ds = datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(8)]},
-                                    features=datasets.Features({"image": datasets.Image(),
-                                                                "label": datasets.Value("int64")}))
-    datasets.DatasetDict({"train": ds}).save_to_disk(str(root / "images"))
-    return root / "vit", root / "images"
+    return vit_dir(root / "vit", nan_from_block=1), image_dataset_dir(root / "images")
 
 
 def test_non_finite_activations_keep_only_the_message(tmp_path, nan_model_and_images):  # item 7
