@@ -131,3 +131,10 @@ def test_debug_shows_the_traceback(tmp_path):
     (tmp_path / "notonnx.onnx").write_text("not a model\n")
     proc = _fxapprox("--debug", "bench", "notonnx.onnx", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "ExportError" in proc.stderr
+
+
+def test_a_split_the_dataset_lacks_is_named_before_the_model_loads(tmp_path, nan_model_and_images):
+    _, images = nan_model_and_images
+    line = _error_line(_fxapprox("analyze", "no-such-model", "--data", str(images), "--split", "validation",
+                                 cwd=tmp_path), "analyze")
+    assert "the dataset has no split 'validation': pass --split with one of train" in line

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fxapprox.errors import OutputExistsError, SpanError
+from fxapprox.errors import AssetError, OutputExistsError, SpanError
 
 __all__ = ["add_model_data_args", "load_model_and_calibration", "write_json", "positive_int", "nonnegative_int",
-           "spans_arg", "SPANS_HELP", "check_out_dir", "quiet_progress", "stage"]
+           "spans_arg", "SPANS_HELP", "check_split", "check_out_dir", "quiet_progress", "stage"]
 
 SPANS_HELP = ("spans to replace, format s-e[,s-e...], e.g. 9-11 or 3-4,9-11 (s-e replaces blocks s+1..e; "
               "-1-e or m1-e starts at the embeddings)")
@@ -92,11 +92,19 @@ def load_model_and_calibration(args: argparse.Namespace, extra_samples: int = 0)
     if args.no_progress:
         quiet_progress()
     dataset = assets.load_dataset(args.data)  # first: a wrong data name is answered before the model loads
+    check_split(dataset, args.split, "--split")
     model = assets.load_model(args.model)
     loader = data.calibration_loader(args.model, dataset, split=args.split,
                                      num_samples=args.samples + extra_samples,
                                      batch_size=args.batch_size, size=args.image_size, seed=args.seed)
     return model, dataset, loader
+
+
+def check_split(dataset: Any, split: str, option: str) -> None:
+    """A split name the dataset lacks → an error that lists the ones it has."""
+    names = sorted(dataset.keys()) if hasattr(dataset, "keys") else None
+    if names is not None and split not in names:
+        raise AssetError(f"the dataset has no split {split!r}: pass {option} with one of {', '.join(names)}")
 
 
 def check_out_dir(path: str | Path, overwrite: bool) -> Path:

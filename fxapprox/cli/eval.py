@@ -14,6 +14,7 @@ import time
 from fxapprox.cli.common import (
     SPANS_HELP,
     add_model_data_args,
+    check_split,
     load_model_and_calibration,
     positive_int,
     spans_arg,
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     model, dataset, calib = load_model_and_calibration(args)
+    check_split(dataset, args.test_split, "--test-split")
     models = {"original": model}
     compressed = None
     if args.spans is not None or args.num_blocks is not None:
