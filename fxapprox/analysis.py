@@ -270,7 +270,8 @@ class Analysis:
         ax.set_yticks(range(n), [str(s) for s in range(-1, n - 1)])
         ax.set_xlabel("e (target block output)")
         ax.set_ylabel("s (source block output, -1 = embeddings)")
-        ax.set_title(metric if short else f"{self.model}\n{metric}, {self.tokens} tokens, {self.samples} samples",
+        held = f", {self.output_samples} held out" if metric == "output" and self.output_samples else ""
+        ax.set_title(metric if short else f"{self.model}\n{metric}, {self.tokens} tokens, {self.samples} samples{held}",
                      fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=info.description)
         if n <= 16:
