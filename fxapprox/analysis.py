@@ -257,10 +257,12 @@ class Analysis:
             lines.append(f"| {rank} | {s} → {e} | {e - s} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
-    def plot(self, path: str | Path, metric: str | Sequence[str] | None = None) -> Path:
+    def plot(self, path: str | Path, metric: str | Sequence[str] | None = None, *,
+             mark: Sequence[Span] = ()) -> Path:
         """Heatmap(s) of the score matrices (rows: source s, columns: target e) → PNG at `path`.
 
-        `metric=None` draws every metric, one panel each (under a process group: rank 0 draws).
+        `metric=None` draws every metric, one panel each; the spans in `mark` (e.g. the chosen
+        ones) are outlined in red (under a process group: rank 0 draws).
         """
         if not distributed.is_main():
             return Path(path)
@@ -276,17 +278,17 @@ class Analysis:
             self._check(m)
         ncols = min(3, len(metrics))
         nrows = math.ceil(len(metrics) / ncols)
-        cell = 0.42 * (self.num_blocks + 1) + 1.8
+        cell = 0.6 * (self.num_blocks + 1) + 2.2
         fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, cell * nrows), squeeze=False)
         for ax, m in zip(axes.flat, metrics):
-            self._heatmap(ax, fig, m, short=len(metrics) > 1)
+            self._heatmap(ax, fig, m, short=len(metrics) > 1, mark=mark)
         for ax in list(axes.flat)[len(metrics):]:
             ax.axis("off")
         if len(metrics) > 1:
             fig.suptitle(f"{self.model}: span scores ({self.tokens} tokens, {self.samples} samples)")
         fig.tight_layout()
         path = Path(path)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=120)
         plt.close(fig)
         return path
 
@@ -296,7 +298,7 @@ class Analysis:
             return str(k)
         return f"{k // 2}{'am'[k % 2]}"
 
-    def _heatmap(self, ax, fig, metric: str, short: bool = False) -> None:
+    def _heatmap(self, ax, fig, metric: str, short: bool = False, mark: Sequence[Span] = ()) -> None:
         info = METRIC_INFO[metric]
         mat = self.scores[metric][:-1, 1:]  # rows s = -1..L-2, columns e = 0..L-1
         masked = np.ma.masked_invalid(mat)
@@ -308,7 +310,8 @@ class Analysis:
         unit = "boundary: ka = block k after attention, km = block k output" if self.units == "half" else "block output"
         ax.set_xlabel(f"e (target {unit})")
         ax.set_ylabel(f"s (source {'boundary' if self.units == 'half' else 'block output'}, -1 = embeddings)")
-        ax.set_title(metric if short else f"{self.model}\n{metric}, {self.tokens} tokens, {self.samples} samples",
+        held = f", {self.output_samples} held out" if metric == "output" and self.output_samples else ""
+        ax.set_title(metric if short else f"{self.model}\n{metric}, {self.tokens} tokens, {self.samples} samples{held}",
                      fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=info.description)
         if n <= 16:
@@ -318,8 +321,15 @@ class Analysis:
                 for j in range(n):
                     if np.isfinite(mat[i, j]):
                         dark = (mat[i, j] > mid) != info.higher_is_redundant
-                        ax.text(j, i, f"{mat[i, j] + 0.0:.2g}", ha="center", va="center", fontsize=5.5,
+                        ax.text(j, i, f"{mat[i, j] + 0.0:.2g}", ha="center", va="center", fontsize=7.5,
                                 color="white" if dark else "black")
+        if mark:
+            from matplotlib.patches import Rectangle
+
+            for k, (s, e) in enumerate(mark):  # row s + 1, column e
+                ax.add_patch(Rectangle((e - 0.5, s + 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5,
+                                       label="chosen" if k == 0 else None))
+            ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
 
 
 # --- analyze() ----------------------------------------------------------------------------------

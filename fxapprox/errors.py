@@ -32,11 +32,22 @@ __all__ = [
     "DistributedError",
     "RankFailedError",
     "RankMismatchError",
+    "OutputExistsError",
 ]
 
 
 class FxApproxError(Exception):
-    """Base class of every error fxapprox raises on purpose."""
+    """Base class of every error fxapprox raises on purpose.
+
+    Its text is the message alone: the context torch.fx's Interpreter appends to an error raised
+    inside a graph ("While executing %node ... Original traceback ...") is dropped.
+    """
+
+    def __str__(self) -> str:
+        return super().__str__().split(_FX_CONTEXT, 1)[0]
+
+
+_FX_CONTEXT = "\n\nWhile executing "
 
 
 class CaptureError(FxApproxError):
@@ -137,3 +148,7 @@ class RankFailedError(DistributedError):
 
 class RankMismatchError(DistributedError):
     """The ranks of a process group disagree on the model, the arguments or the boundary widths."""
+
+
+class OutputExistsError(FxApproxError, FileExistsError):
+    """An output directory already holds files and overwriting them was not allowed."""

@@ -11,6 +11,8 @@ independent fits).
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,8 @@ class Plan:
         meta = {k: v for k, v in asdict(self).items() if k not in ("weights", "example")}
         meta["format"] = PLAN_FORMAT
         (path / _JSON).write_text(json.dumps(meta, indent=2) + "\n")
+        # safetensors writes through a private temporary file (mode 0600): give it plan.json's mode
+        os.chmod(path / _WEIGHTS, stat.S_IMODE((path / _JSON).stat().st_mode))
         return path
 
     @classmethod

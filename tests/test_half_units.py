@@ -230,7 +230,11 @@ def test_cli_compress_and_analyze_take_units(tmp_path, monkeypatch, capsys):
 
     model, batches = half_net(num_blocks=2), tiny_batches(n_batches=4, batch=16)
     monkeypatch.setattr(compress_cli, "load_model_and_calibration", lambda args: (model, None, batches))
-    monkeypatch.setattr(analyze_cli, "load_model_and_calibration", lambda args, extra_samples=0: (model, None, batches))
+    def load_for_analyze(args, extra_samples=0, *, at_most_extra=False):
+        args.extra_samples = extra_samples
+        return model, None, batches
+
+    monkeypatch.setattr(analyze_cli, "load_model_and_calibration", load_for_analyze)
     monkeypatch.setattr(cli, "_SUBCOMMANDS", ["compress", "analyze"])
     assert cli.main(["compress", "tiny", "--data", "x", "--spans", "m1-0,2-3", "--units", "half", "--samples", "64",
                      "--transform", "auto", "--out", str(tmp_path / "plan"), "--json", str(tmp_path / "c.json"),

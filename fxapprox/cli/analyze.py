@@ -10,14 +10,29 @@ default ranking (README Results: it predicts damage best).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import warnings
 
-from fxapprox.cli.common import add_model_data_args, add_units_arg, load_model_and_calibration
+from fxapprox.cli.common import (
+    add_model_data_args,
+    add_units_arg,
+    load_model_and_calibration,
+    nonnegative_int,
+    positive_int,
+)
 from fxapprox.metrics import METRIC_INFO, METRICS
 from fxapprox.output_score import OUTPUT_TARGETS
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "DEFAULT_OUTPUT_SAMPLES"]
+
+DEFAULT_OUTPUT_SAMPLES = 128
+
+
+def _folds(text: str) -> int:
+    value = nonnegative_int(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError("1 fold holds nothing out: give 0 (off) or K >= 2")
+    return value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,26 +43,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         f"{', '.join(METRICS)}; prints the most redundant spans (TOAST Algorithm 1).",
     )
     add_model_data_args(p, samples=50)
-    p.add_argument("--tokens", choices=("cls", "mean", "all"), default="cls",
-                   help="rows scored per sample: first token, token mean, or every token (default: cls)")
+    p.add_argument("--tokens", choices=("cls", "mean", "all"), default="all",
+                   help="rows scored per sample: every token, the token mean, or the first token (default: all; "
+                   "'--tokens cls' is the papers' setting, whose fit interpolates when --samples is below the "
+                   "hidden width: every span then scores ~0)")
     p.add_argument("--metric", choices=tuple(METRIC_INFO), default=None,
                    help="metric to rank by (default: output; linear with --output-samples 0; 'heldout' needs "
                    "--holdout-folds)")
-    p.add_argument("--holdout-folds", type=int, default=0, metavar="K",
+    p.add_argument("--holdout-folds", type=_folds, default=0, metavar="K",
                    help="also score the held-out residual, batches split into K >= 2 folds")
-    p.add_argument("--output-samples", type=int, default=128, metavar="N",
+    p.add_argument("--output-samples", type=nonnegative_int, default=None, metavar="N",
                    help="score 'output': each span replaced by its fitted map, the damage to the model's output "
                    "(KL of a head's predictions, else the relative error of the final features) on N held-out "
                    "samples drawn after the --samples ones (costs one forward plus one suffix per span per "
-                   "batch; default: 128; 0: off)")
-    p.add_argument("--output-max-len", type=int, default=4, metavar="L",
+                   f"batch; default: {DEFAULT_OUTPUT_SAMPLES}, or as many as the split holds after --samples; "
+                   "0: off)")
+    p.add_argument("--output-max-len", type=nonnegative_int, default=4, metavar="L",
                    help="score 'output' only for spans of up to L blocks (default: 4; 0: every span)")
     p.add_argument("--output-target", choices=OUTPUT_TARGETS, default="auto",
                    help="what 'output' compares: logits when the model has a head, else pooled final features "
                    "(default: auto)")
     add_units_arg(p)
-    p.add_argument("--top", type=int, default=5, help="spans to print (default: 5)")
-    p.add_argument("--span-len", type=int, default=None, help="rank only spans of this many blocks")
+    p.add_argument("--top", type=positive_int, default=5, help="spans to print (default: 5)")
+    p.add_argument("--span-len", type=positive_int, default=None, help="rank only spans of this many blocks")
     p.add_argument("--json", metavar="PATH", help="write the full analysis as JSON")
     p.add_argument("--heatmap", metavar="PATH", help="write heatmaps of the score matrices (PNG)")
     p.add_argument("--heatmap-metric", choices=tuple(METRIC_INFO), default=None,
@@ -60,13 +78,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Load model and data, analyse, print the top spans and write the requested files."""
     from fxapprox import distributed
-    from fxapprox.analysis import analyze
+    from fxapprox.analysis import UnderdeterminedScoreWarning, analyze
 
-    model, _, loader = load_model_and_calibration(args, extra_samples=args.output_samples)
-    an = analyze(model, loader, num_samples=args.samples, tokens=args.tokens, blocks=args.blocks,
-                 holdout_folds=args.holdout_folds, output_samples=args.output_samples,
-                 output_max_len=args.output_max_len or None, output_target=args.output_target,
-                 progress=not args.no_progress, units=args.units)
+    wanted = DEFAULT_OUTPUT_SAMPLES if args.output_samples is None else args.output_samples
+    model, _, loader = load_model_and_calibration(args, extra_samples=wanted,
+                                                  at_most_extra=args.output_samples is None)
+    args.output_samples = args.extra_samples
+    with warnings.catch_warnings():  # the same text is printed once below, as a note
+        warnings.simplefilter("ignore", UnderdeterminedScoreWarning)
+        an = analyze(model, loader, num_samples=args.samples, tokens=args.tokens, blocks=args.blocks,
+                     holdout_folds=args.holdout_folds, output_samples=args.output_samples,
+                     output_max_len=args.output_max_len or None, output_target=args.output_target,
+                     progress=not args.no_progress, units=args.units)
     if not distributed.is_main():  # under torchrun rank 0 alone prints and writes
         return 0
     an.model = args.model
@@ -90,6 +113,4 @@ def run(args: argparse.Namespace) -> int:
         with open(args.markdown, "w") as fh:
             fh.write(an.to_markdown(metric=args.metric))
         print(f"wrote {args.markdown}")
-    if not (args.json or args.heatmap or args.markdown):
-        print(json.dumps({"top": [[s, e, v] for s, e, v in top]}))
     return 0

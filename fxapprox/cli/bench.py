@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fxapprox.cli.common import write_json
+from fxapprox.cli.common import nonnegative_int, positive_int, stage, write_json
 from fxapprox.cli.export import add_model_arguments, load_source
 from fxapprox.errors import ExportError
 
@@ -34,9 +34,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--providers",
                    help="onnxruntime providers in order, e.g. cuda,cpu (default: CUDA if available, else CPU)")
     p.add_argument("--device", help="PyTorch device for model targets (default: cuda if available)")
-    p.add_argument("--threads", type=int, help="intra-op threads (onnxruntime and PyTorch)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed calls per batch size (default 5)")
-    p.add_argument("--iters", type=int, default=30, help="timed calls per batch size (default 30)")
+    p.add_argument("--threads", type=positive_int, help="intra-op threads (onnxruntime and PyTorch)")
+    p.add_argument("--warmup", type=nonnegative_int, default=5, help="untimed calls per batch size (default 5)")
+    p.add_argument("--iters", type=positive_int, default=30, help="timed calls per batch size (default 30)")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     p.set_defaults(func=run)
     return p
@@ -44,6 +44,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _is_onnx(target: str) -> bool:
     return target.endswith(".onnx") or (Path(target).is_file() and Path(target).suffix == ".onnx")
+
+
+def _check_onnx(path: str) -> None:
+    """An .onnx target that is missing or not an ONNX model → an error that says what to pass."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if not Path(path).is_file():
+        raise ExportError(f"{path} does not exist; write it with `fxapprox export ... --onnx {path}`")
+    try:
+        onnx.load(path, load_external_data=False)
+    except (DecodeError, ValueError, OSError) as err:
+        raise ExportError(f"{path} is not an ONNX model ({type(err).__name__}: {err}); pass an .onnx file written by "
+                          "`fxapprox export`, a plan directory or a model name") from None
 
 
 def _flops_from_metadata(paths: list[str]) -> float | None:
@@ -77,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
     common = dict(batch_sizes=sizes, warmup=args.warmup, iters=args.iters, threads=args.threads)
     if onnx[0]:
         for t in args.targets:
-            if not Path(t).is_file():
-                raise ExportError(f"{t} does not exist; write it with `fxapprox export ... --onnx {t}`")
+            _check_onnx(t)
         inputs = onnx_example_inputs(args.targets[0], seq_len=args.seq_len or 128)
         targets = args.targets
         extra: dict[str, Any] = {"providers": providers}
@@ -87,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         targets = [target for target, _, _ in loaded]
         inputs = loaded[0][1].take(1)
         extra = {"device": args.device}
+    stage("bench", f"timing {' vs '.join(args.targets)} at batch sizes {args.batch_sizes}, {args.iters} calls each")
     if len(targets) == 1:
         result = benchmark(targets[0], inputs, **common, **extra).as_dict()
         print(format_benchmark(result, args.targets[0]))

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from fxapprox.cli.common import add_model_data_args, add_units_arg, load_model_and_calibration, write_json
+from fxapprox.cli.common import (
+    SPANS_HELP,
+    add_model_data_args,
+    add_units_arg,
+    check_out_dir,
+    load_model_and_calibration,
+    positive_int,
+    spans_arg,
+    write_json,
+)
 from fxapprox.metrics import METRIC_INFO
 from fxapprox.output_score import OUTPUT_TARGETS
-from fxapprox.spans import parse_spans
 
 __all__ = ["add_parser", "run"]
 
@@ -22,13 +30,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     add_model_data_args(p, samples=500)
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--spans", type=parse_spans, help="spans s-e to replace, e.g. '9-11,3-4' "
-                       "(s-e replaces blocks s+1..e, or units with --units half; m1-e starts at the embeddings)")
-    which.add_argument("--num-blocks", type=int, help="remove this many blocks (units with --units half), spans "
-                       "chosen by --metric")
+    which.add_argument("--spans", type=spans_arg, help=SPANS_HELP)
+    which.add_argument("--num-blocks", type=positive_int, help="remove this many blocks (units with --units half), "
+                       "spans chosen by --metric")
     p.add_argument("--transform", choices=("linear", "identity", "auto"), default="linear",
-                   help="map per span; auto: the identity where its residual is within --auto-tolerance of the "
-                   "linear map's, else linear (default: linear)")
+                   help="what replaces each span: a least-squares linear map, nothing (identity; needs equal "
+                   "widths), or auto: the identity where its residual is within --auto-tolerance of the linear "
+                   "map's, else linear (default: linear)")
     p.add_argument("--auto-tolerance", type=float, default=None, metavar="TOL",
                    help="with --transform auto: largest excess of the identity's normalised residual over the "
                    "linear map's at which the identity is taken (default: 0.01)")
@@ -49,8 +57,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="sequential: fit each span on the model with the earlier spans already replaced")
     p.add_argument("--fold", action="store_true", help="fold each map into the down projection of the "
                    "block before it (no module added)")
-    p.add_argument("--out", required=True, help="directory to write the plan into")
-    p.add_argument("--overwrite", action="store_true", help="replace a plan already in --out")
+    p.add_argument("--out", required=True, help="directory to write the plan into (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing a plan there")
     p.add_argument("--json", metavar="PATH", help="write a summary as JSON")
     p.set_defaults(func=run)
     return p
@@ -61,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import fxapprox
     from fxapprox import distributed
 
+    check_out_dir(args.out, args.overwrite)
     model, _, loader = load_model_and_calibration(args)
     tolerance = {} if args.auto_tolerance is None else {"auto_tolerance": args.auto_tolerance}
     res = fxapprox.compress(model, loader, spans=args.spans, num_blocks=args.num_blocks,

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from fxapprox.cli.common import write_json
+from fxapprox.cli.common import positive_int, stage, write_json
 from fxapprox.errors import ExportError
 from fxapprox.inputs import ModelInputs
 
@@ -33,7 +33,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="a plan directory written by `fxapprox compress`, or a model name/directory")
     p.add_argument("--onnx", required=True, type=Path, metavar="OUT.onnx", help="ONNX file to write")
     add_model_arguments(p)
-    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--opset", type=positive_int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch axis to the example's")
     p.add_argument("--static-seq", action="store_true", help="fix the sequence axis of token inputs")
     p.add_argument("--external-data", action="store_true", help="store the weights in OUT.onnx.data")
@@ -50,13 +50,27 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    "dinov2-small, a Hugging Face directory or hub id)")
     p.add_argument("--inputs", type=Path, metavar="FILE.safetensors",
                    help="example inputs: a safetensors file whose keys are the model's keyword arguments")
-    p.add_argument("--batch-size", type=int, default=2, help="example batch size (default 2)")
-    p.add_argument("--image-size", type=int, help="image side for made-up vision inputs (default: the config's)")
-    p.add_argument("--seq-len", type=int, help="sequence length for made-up token inputs (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=2, help="example batch size (default 2)")
+    p.add_argument("--image-size", type=positive_int,
+                   help="image side for made-up vision inputs (default: the config's)")
+    p.add_argument("--seq-len", type=positive_int, help="sequence length for made-up token inputs (default 16)")
 
 
 def _is_plan_dir(source: str) -> bool:
     return (Path(source) / "plan.json").is_file()
+
+
+def _check_source(source: str) -> None:
+    """A path that is neither a plan directory nor a model directory → an error that says what is expected."""
+    path = Path(source).expanduser()
+    if not path.exists() or _is_plan_dir(source) or (path / "config.json").is_file():
+        return
+    what = "an ONNX file" if path.suffix == ".onnx" else "a directory" if path.is_dir() else "a file"
+    raise ExportError(
+        f"{source} is {what}, not a plan directory (with plan.json) or a Hugging Face model directory (with "
+        "config.json): pass a plan directory written by `fxapprox compress`, a model name or directory, or to "
+        "`fxapprox bench` an .onnx file written by `fxapprox export`"
+    )
 
 
 def config_inputs(model: torch.nn.Module, batch_size: int, *, image_size: int | None = None,
@@ -83,6 +97,8 @@ def load_source(source: str, args: argparse.Namespace) -> tuple[Any, ModelInputs
     from fxapprox.export.onnx import resize_inputs
     from fxapprox.study.assets import load_model
 
+    _check_source(source)
+    stage(getattr(args, "command", "export"), f"loading {source}")
     if _is_plan_dir(source):
         import fxapprox
         from fxapprox.plan import Plan
@@ -113,10 +129,12 @@ def run(args: argparse.Namespace) -> int:
     from fxapprox.export import count_flops, to_onnx
 
     target, example, _ = load_source(args.source, args)
+    stage("export", "counting FLOPs")
     flops = count_flops(target, example.take(1))
     metadata = {"fxapprox.flops": {"per_item": flops.per_item, "params": flops.params,
                                    "input_shapes": {k: list(v.shape[1:]) for k, v in example.kwargs.items()
                                                     if isinstance(v, torch.Tensor)}}}
+    stage("export", f"exporting to {args.onnx}" + ("" if args.no_check else " and checking parity in onnxruntime"))
     record = to_onnx(target, example, args.onnx, dynamic_batch=not args.static_batch,
                      dynamic_seq=False if args.static_seq else None, opset=args.opset, metadata=metadata,
                      external_data=True if args.external_data else None, validate=not args.no_check)

