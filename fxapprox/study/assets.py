@@ -417,7 +417,8 @@ def load_model(name: str, **kwargs: Any):
             kwargs.setdefault("local_files_only", True)
     path = model_path(name)
     try:
-        arch = next(iter(transformers.AutoConfig.from_pretrained(path).architectures or []), "")
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=kwargs.get("local_files_only", False))
+        arch = next(iter(config.architectures or []), "")
         head = next((h for h in ("ForImageClassification", "ForSequenceClassification") if arch.endswith(h)), "")
         model = getattr(transformers, f"AutoModel{head}").from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
