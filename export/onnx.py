@@ -428,6 +428,10 @@ def _deploy_form(result: OnnxExport, optimize: bool, precision: str, check: Any,
     if optimize:
         result.optimization = optimize_onnx(path, path)
     relative = None
+    if precision != "fp32" and result.external_data:
+        raise ExportError(f"{path} keeps its weights in external data (over 2 GB); precision={precision!r} is only "
+                          "supported for single-file models: export with precision='fp32' and convert with "
+                          "onnxruntime's tools")
     if precision != "fp32":
         staged = path.with_name(path.stem + f".{precision}.tmp.onnx")
         convert_precision(path, staged, precision)

@@ -155,3 +155,23 @@ def test_no_onnxruntime_installed_is_a_typed_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
     with pytest.raises(RuntimeMissingError, match=r"\.\[cpu\]"):
         onnxruntime()
+
+
+def test_runtime_is_one_extra_and_the_install_commands_choose_it():
+    """The core pins no runtime; `cpu` / `gpu` each bring one; every README/CI install that runs
+    fxapprox picks `cpu` (the tests and the demo need a runtime)."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert not any(d.startswith("onnxruntime") for d in project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert [d.split(">")[0] for d in extras["cpu"]] == ["onnxruntime"]
+    assert [d.split(">")[0] for d in extras["gpu"]] == ["onnxruntime-gpu"]
+    assert not any(d.startswith("onnxruntime") for name, deps in extras.items() if name not in ("cpu", "gpu")
+                   for d in deps)
+    installs = re.findall(r'pip install (?:-q )?-e "\.\[([a-z,]+)\]"', (root / "README.md").read_text()
+                          + (root / ".ci" / "run").read_text())
+    assert installs and all(("cpu" in i.split(",")) != ("gpu" in i.split(",")) for i in installs)
