@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -160,10 +162,7 @@ def test_no_onnxruntime_installed_is_a_typed_error(monkeypatch):
 def test_runtime_is_one_extra_and_the_install_commands_choose_it():
     """The core pins no runtime; `cpu` / `gpu` each bring one; every README/CI install that runs
     fxapprox picks `cpu` (the tests and the demo need a runtime)."""
-    import re
-    import tomllib
-    from pathlib import Path
-
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     root = Path(__file__).resolve().parents[1]
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     assert not any(d.startswith("onnxruntime") for d in project["dependencies"])
