@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fxapprox.errors import ExportError
+from fxapprox.export.runtime import onnxruntime
 
 __all__ = ["PRECISIONS", "PRECISION_TOLERANCES", "convert_precision"]
 
@@ -44,6 +45,7 @@ def convert_precision(src: str | Path, dst: str | Path, precision: str) -> dict[
     if precision == "fp32":
         raise ExportError("convert_precision: the file is already fp32; ask for fp16 or int8")
     src, dst = Path(src), Path(dst)
+    onnxruntime()  # both converters ship with onnxruntime: RuntimeMissingError when it is absent
     if precision == "fp16":
         import onnx
         from onnxruntime.transformers.onnx_model import OnnxModel
