@@ -2,7 +2,8 @@
 
 Module or compression result → checked ONNX file (`to_onnx`); ONNX file or module → latency
 per batch size (`benchmark`), original vs compressed interleaved (`compare`); module → FLOPs
-and parameters per block (`count_flops`, `compare_flops`).
+and parameters per block (`count_flops`, `compare_flops`); raw ONNX file → fused for onnxruntime
+(`optimize_onnx`) → fp16 / int8 (`convert_precision`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from fxapprox.export.benchmark import BenchResult, Timing, benchmark, compare, resolve_providers
 from fxapprox.export.flops import FlopCount, compare_flops, count_flops
 from fxapprox.export.onnx import OnnxExport, ParityCheck, read_metadata, to_onnx
+from fxapprox.export.optimize import fused_ops, optimize_onnx
+from fxapprox.export.precision import PRECISION_TOLERANCES, convert_precision
 
 __all__ = [
     "to_onnx",
@@ -24,4 +27,8 @@ __all__ = [
     "count_flops",
     "compare_flops",
     "FlopCount",
+    "optimize_onnx",
+    "fused_ops",
+    "convert_precision",
+    "PRECISION_TOLERANCES",
 ]

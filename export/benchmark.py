@@ -1,8 +1,10 @@
 """ONNX file or PyTorch module + example inputs → latency (median and spread) and items/s per batch size.
 
 ONNX files run in onnxruntime: the CUDA execution provider with IO binding (inputs and outputs
-stay on the GPU) when it is available, the CPU provider otherwise; the provider that really ran
-is reported, and one requested explicitly but unavailable raises `ProviderUnavailableError`.
+stay on the GPU) when it is available, the CPU provider otherwise (IO binding there on request,
+`io_binding=True`); the provider that really ran is reported in every result, and one requested
+explicitly but unavailable raises `ProviderUnavailableError`. fp16 files keep fp32 inputs and
+outputs (`to_onnx(precision="fp16")`), so the same example inputs time every precision.
 Modules run in PyTorch eager (on CUDA where present). `compare` times an original and a
 compressed model interleaved in one run and reports their latency ratio next to their FLOP ratio.
 """
@@ -24,6 +26,7 @@ from torch import nn
 from fxapprox.capture import conform_inputs
 from fxapprox.errors import ExportError, ProviderUnavailableError
 from fxapprox.export.onnx import _set_eval, _unwrap, ort_feed, resize_inputs
+from fxapprox.export.runtime import onnxruntime
 from fxapprox.inputs import ModelInputs, as_model_inputs
 
 __all__ = ["Timing", "BenchResult", "benchmark", "compare", "resolve_providers", "onnx_example_inputs"]
@@ -62,6 +65,7 @@ class BenchResult:
     backend: str
     provider: str
     device: str
+    io_binding: bool = False
     timings: list[Timing] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -75,9 +79,7 @@ def resolve_providers(providers: Sequence[str] | str | None) -> tuple[list[str],
     None → CUDA then CPU where onnxruntime has CUDA, else CPU. An explicitly requested provider
     that this onnxruntime lacks → `ProviderUnavailableError`.
     """
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
+    available = onnxruntime().get_available_providers()
     if providers is None:
         return ([_CUDA, _CPU] if _CUDA in available else [_CPU]), False
     if isinstance(providers, str):
@@ -94,9 +96,8 @@ def resolve_providers(providers: Sequence[str] | str | None) -> tuple[list[str],
 
 
 def _ort_session(path: Path, providers: Sequence[str] | str | None, threads: int | None) -> tuple[Any, str]:
-    import onnxruntime as ort
-
     names, explicit = resolve_providers(providers)
+    ort = onnxruntime(cuda=names[0] == _CUDA)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
@@ -114,23 +115,25 @@ def _ort_session(path: Path, providers: Sequence[str] | str | None, threads: int
     return session, ran
 
 
-def _ort_runner(session: Any, provider: str, inputs: ModelInputs) -> Callable[[], Any]:
-    """A zero-argument call that runs the session once on `inputs` (IO binding on CUDA)."""
+def _ort_runner(session: Any, provider: str, inputs: ModelInputs, io_binding: bool) -> Callable[[], Any]:
+    """A zero-argument call that runs the session once on `inputs` and returns its outputs (ORT
+    values that stay on the provider's device with IO binding, numpy arrays without)."""
     named = {**{f"input_{i}": a for i, a in enumerate(inputs.args)}, **inputs.kwargs}
     feed = ort_feed(session, named)
-    if provider != _CUDA:
+    if not io_binding:
         return lambda: session.run(None, feed)
-    import onnxruntime as ort
-
+    ort = onnxruntime()
+    device = "cuda" if provider == _CUDA else "cpu"
     binding = session.io_binding()
     for name, arr in feed.items():
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, "cuda", 0))
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, device, 0))
     for out in session.get_outputs():
-        binding.bind_output(out.name, "cuda")
+        binding.bind_output(out.name, device)
 
-    def run() -> None:
+    def run() -> Any:
         session.run_with_iobinding(binding)
         binding.synchronize_outputs()
+        return binding.get_outputs()
 
     return run
 
@@ -172,17 +175,19 @@ class _Target:
     """One model to time: an ONNX file in onnxruntime or a module in PyTorch eager."""
 
     def __init__(self, target: Any, providers: Sequence[str] | str | None, device: str | torch.device | None,
-                 threads: int | None):
+                 threads: int | None, io_binding: bool | None = None):
         if isinstance(target, (str, Path)):
             path = Path(target)
             if not path.is_file():
                 raise ExportError(f"{path} is not a file; pass an ONNX file written by to_onnx, or a module")
             self.session, self.provider = _ort_session(path, providers, threads)
             self.backend, self.device = "onnxruntime", "cuda" if self.provider == _CUDA else "cpu"
+            self.io_binding = self.provider == _CUDA if io_binding is None else io_binding
             self.module = None
         else:
-            if providers is not None:
-                raise ExportError("providers= chooses onnxruntime providers; for a PyTorch module pass device= instead")
+            if providers is not None or io_binding:
+                raise ExportError("providers= and io_binding= are onnxruntime options; for a PyTorch module pass "
+                                  "device= instead")
             module, _ = _unwrap(target)
             _set_eval(module)
             dev = _torch_device(device)
@@ -191,10 +196,11 @@ class _Target:
             self.module, self.session = _on_device(module, dev), None
             self.backend, self.device = "torch", str(dev)
             self.provider = f"torch-{dev.type}"
+            self.io_binding = False
 
     def runner(self, inputs: ModelInputs) -> Callable[[], Any]:
         if self.session is not None:
-            return _ort_runner(self.session, self.provider, inputs)
+            return _ort_runner(self.session, self.provider, inputs, self.io_binding)
         return _torch_runner(self.module, inputs, torch.device(self.device))
 
 
@@ -234,21 +240,22 @@ def _time(run: Callable[[], Any]) -> float:
 
 def benchmark(path_or_module: Any, inputs: Any = None, *, providers: Sequence[str] | str | None = None,
               batch_sizes: Sequence[int] = (1, 8, 32), warmup: int = 5, iters: int = 30,
-              device: str | torch.device | None = None, threads: int | None = None) -> BenchResult:
+              device: str | torch.device | None = None, threads: int | None = None,
+              io_binding: bool | None = None) -> BenchResult:
     """Time an ONNX file (onnxruntime) or a module (PyTorch eager) at each batch size.
 
     `inputs` is one example batch (tensor, tuple, dict or `ModelInputs`); its rows are repeated
     to make each batch size; for an ONNX file it may be None (see `onnx_example_inputs`).
-    `providers` (ONNX only) defaults to CUDA then CPU; `device` (modules only) defaults to CUDA
-    where present.
+    `providers` (ONNX only) defaults to CUDA then CPU; `io_binding` (ONNX only) defaults to on
+    for CUDA; `device` (modules only) defaults to CUDA where present.
     """
     if inputs is None:
         if not isinstance(path_or_module, (str, Path)):
             raise ExportError("benchmark(module, inputs): a module needs example inputs (a tensor, tuple or dict)")
         inputs = onnx_example_inputs(path_or_module)
     inputs = as_model_inputs(inputs)
-    target = _Target(path_or_module, providers, device, threads)
-    result = BenchResult(target.backend, target.provider, target.device)
+    target = _Target(path_or_module, providers, device, threads, io_binding)
+    result = BenchResult(target.backend, target.provider, target.device, target.io_binding)
     for b in batch_sizes:
         run = target.runner(_batch(inputs, b))
         for _ in range(warmup):
@@ -262,7 +269,7 @@ def compare(original: Any, compressed: Any, inputs: Any, *, providers: Sequence[
             batch_sizes: Sequence[int] = (1, 8, 32), warmup: int = 5, iters: int = 30,
             device: str | torch.device | None = None, threads: int | None = None,
             modules: tuple[Any, Any] | None = None, blocks: str | None = None,
-            flop_speedup: float | None = None) -> dict[str, Any]:
+            flop_speedup: float | None = None, io_binding: bool | None = None) -> dict[str, Any]:
     """Original vs compressed, timed interleaved (alternating order every call) in one run.
 
     Both are ONNX files or both modules. FLOPs come from the modules (`modules=(original,
@@ -277,8 +284,11 @@ def compare(original: Any, compressed: Any, inputs: Any, *, providers: Sequence[
     kinds = {isinstance(t, (str, Path)) for t in (original, compressed)}
     if len(kinds) != 1:
         raise ExportError("compare() needs two ONNX files or two modules, not one of each")
-    a = _Target(original, providers, device, threads)
-    b = _Target(compressed, providers, device, threads)
+    a = _Target(original, providers, device, threads, io_binding)
+    b = _Target(compressed, providers, device, threads, io_binding)
+    if a.provider != b.provider:
+        raise ProviderUnavailableError(f"the original ran on {a.provider}, the compressed model on {b.provider}: "
+                                       "request one provider explicitly (providers=[...]) to compare them")
     if modules is None and a.module is not None and flop_speedup is None:
         modules = (original, compressed)
     flops = compare_flops(modules[0], modules[1], inputs.take(1), blocks=blocks) if modules else None
@@ -316,6 +326,7 @@ def compare(original: Any, compressed: Any, inputs: Any, *, providers: Sequence[
         "backend": a.backend,
         "provider": a.provider,
         "device": a.device,
+        "io_binding": a.io_binding,
         "flop_speedup": flop_speedup,
         "param_ratio": flops["param_ratio"] if flops else None,
         "flops": flops,

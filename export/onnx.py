@@ -6,6 +6,9 @@ sequence axis for token inputs), names the graph's outputs after the model's own
 `metadata_props`, validates the file with `onnx.checker` and compares onnxruntime (graph
 optimisations off) with PyTorch at the example shape and at a second batch size (and sequence
 length), raising `ExportMismatchError` with the worst difference when they disagree.
+`optimize=True` then fuses the graph for onnxruntime (`export/optimize.py`) and `precision=`
+converts it to fp16 or int8 (`export/precision.py`); the file as written is checked again, with
+the tolerance of its precision.
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.utils._pytree as pytree
 from torch import nn
 
 from fxapprox.capture import conform_inputs
 from fxapprox.errors import ExportError, ExportMismatchError
+from fxapprox.export.runtime import onnxruntime
 from fxapprox.inputs import ModelInputs, as_model_inputs
 
 __all__ = [
@@ -57,12 +60,14 @@ _METADATA_PREFIX = "fxapprox."
 
 @dataclass
 class ParityCheck:
-    """One onnxruntime-vs-PyTorch comparison: the input shape and the worst error per output."""
+    """One onnxruntime-vs-PyTorch comparison: the input shape and the worst error per output
+    (`rel_err`: ‖onnxruntime − PyTorch‖_F / ‖PyTorch‖_F per output)."""
 
     batch_size: int
     seq_len: int | None
     max_abs_diff: dict[str, float]
     ok: bool
+    rel_err: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,6 +83,12 @@ class OnnxExport:
     dynamic_axes: dict[str, dict[int, str]]
     metadata: dict[str, str]
     checks: list[ParityCheck] = field(default_factory=list)
+    #: "fp32", "fp16" or "int8"; `optimization` is `optimize_onnx`'s record when optimize=True.
+    precision: str = "fp32"
+    optimization: dict[str, Any] | None = None
+    #: The checks of the file as written when it is not the raw export (fused and/or converted).
+    final_checks: list[ParityCheck] = field(default_factory=list)
+    tolerance: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -91,11 +102,18 @@ def default_tolerance(dtype: torch.dtype) -> tuple[float, float]:
     return _TOLERANCES.get(dtype, (0.0, 0.0))
 
 
-def _key_name(key: Any) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
+def _named_leaves(output: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """A model output → (key path, leaf) in flattening order: mappings (dicts, `ModelOutput`s, whose
+    None fields are absent) by key, tuples/lists by `output_i`, anything else is a leaf.
+
+    Written out rather than taken from `torch.utils._pytree.tree_flatten_with_path`, which needs a
+    `flatten_with_keys_fn` that transformers' `ModelOutput` registration does not always provide."""
+    if isinstance(output, Mapping):
+        return [leaf for k, v in output.items() if v is not None for leaf in _named_leaves(v, (*prefix, str(k)))]
+    if isinstance(output, (tuple, list)):
+        return [leaf for i, v in enumerate(output)
+                for leaf in _named_leaves(v, (*prefix, f"output_{i}" if not prefix else str(i)))]
+    return [(prefix, output)]
 
 
 def output_names(output: Any) -> list[str]:
@@ -107,18 +125,15 @@ def output_names(output: Any) -> list[str]:
     """
     if isinstance(output, torch.Tensor):
         return ["output"]
-    leaves, _ = pytree.tree_flatten_with_path(output)
     names = []
-    for keypath, leaf in leaves:
-        name = "_".join(_key_name(k) for k in keypath) or "output"
+    for keypath, leaf in _named_leaves(output):
+        name = "_".join(keypath) or "output"
         if not isinstance(leaf, torch.Tensor):
             raise ExportError(
                 f"the model's output {name!r} is a {type(leaf).__name__}, not a tensor: ONNX graphs "
                 "return tensors only. Wrap the model so that forward returns a tensor, a tuple/dict "
                 "of tensors or a transformers ModelOutput"
             )
-        if keypath and type(keypath[0]).__name__ == "SequenceKey":
-            name = f"output_{name}"
         names.append(name)
     if not names:
         raise ExportError("the model returned no tensor; an ONNX graph needs at least one output")
@@ -128,7 +143,7 @@ def output_names(output: Any) -> list[str]:
 
 
 def _flat_outputs(output: Any) -> list[torch.Tensor]:
-    return [output] if isinstance(output, torch.Tensor) else pytree.tree_leaves(output)
+    return [leaf for _, leaf in _named_leaves(output)]
 
 
 def _unwrap(module_or_result: Any) -> tuple[nn.Module, Any]:
@@ -276,7 +291,9 @@ def ort_feed(session: Any, module_inputs: dict[str, Any]) -> dict[str, np.ndarra
 
 
 def _compare(name: str, got: np.ndarray, want: torch.Tensor, rtol: float | None,
-             atol: float | None) -> tuple[float, bool]:
+             atol: float | None, relative: float | None = None) -> tuple[float, float, bool]:
+    """(worst |difference|, relative Frobenius error, ok): elementwise within rtol/atol, or, with
+    `relative`, a relative error of at most `relative`."""
     want = want.detach().cpu()
     default_rtol, default_atol = default_tolerance(want.dtype)
     rtol = default_rtol if rtol is None else rtol
@@ -291,8 +308,12 @@ def _compare(name: str, got: np.ndarray, want: torch.Tensor, rtol: float | None,
     diff = np.abs(g - w)
     finite = bool(np.isfinite(g).all() == np.isfinite(w).all())
     worst = float(np.nan_to_num(diff, nan=np.inf).max()) if diff.size else 0.0
+    norm = float(np.linalg.norm(w.astype(np.float64))) if w.dtype != np.bool_ else 0.0
+    rel = float(np.linalg.norm(np.nan_to_num(diff, nan=np.inf).astype(np.float64))) / norm if norm else worst
+    if relative is not None:
+        return worst, rel, finite and rel <= relative
     ok = finite and bool((np.nan_to_num(diff, nan=np.inf) <= atol + rtol * np.abs(w)).all())
-    return worst, ok
+    return worst, rel, ok
 
 
 def _quiet_export(module: nn.Module, inputs: ModelInputs, **kwargs: Any) -> Any:
@@ -330,7 +351,8 @@ def to_onnx(module_or_model: Any, example_inputs: Any, path: str | Path, *, dyna
             dynamic_seq: bool | None = None, opset: int | None = None, metadata: Mapping[str, Any] | None = None,
             rtol: float | None = None, atol: float | None = None,
             check_batch_sizes: Sequence[int] | None = None, check_seq_lens: Sequence[int] | None = None,
-            external_data: bool | None = None, validate: bool = True) -> OnnxExport:
+            external_data: bool | None = None, validate: bool = True, optimize: bool = False,
+            precision: str = "fp32") -> OnnxExport:
     """Module or compression result + example inputs → ONNX file at `path`, checked in onnxruntime.
 
     `example_inputs` is a tensor, a tuple/list whose first item is the input, a dict of keyword
@@ -339,7 +361,17 @@ def to_onnx(module_or_model: Any, example_inputs: Any, path: str | Path, *, dyna
     `check_batch_sizes` (default: one other batch size) and `check_seq_lens` (default: one other
     length, for token inputs), with `rtol`/`atol` defaulting by output dtype.
     `external_data=None` stores the weights in `<path>.data` only when the model is over 2 GB.
+
+    `optimize=True` fuses Attention, SkipLayerNormalization and BiasGelu for onnxruntime
+    (`optimize_onnx`); `precision` "fp16" (GPU) or "int8" (dynamic quantization, CPU) converts
+    the file after that (`convert_precision`). The raw export is checked with the tolerances
+    above; the file as written again (`final_checks`): fused fp32 with the same tolerances, fp16
+    elementwise within rtol = atol = 2e-2, int8 by relative error ‖ort − torch‖_F/‖torch‖_F ≤ 0.25.
     """
+    from fxapprox.export.precision import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
     module, plan = _unwrap(module_or_model)
     if any(p.dtype == torch.bfloat16 for p in module.parameters()):
         raise ExportError(
@@ -381,12 +413,48 @@ def to_onnx(module_or_model: Any, example_inputs: Any, path: str | Path, *, dyna
     opset_used = program.model.opset_imports.get("", opset or 0)
     result = OnnxExport(path, _input_names(path), names, int(opset_used), external, size, dynamic_axes, props)
     _check_model(path)
+    check = lambda rt, at, rel=None: _parity(module, inputs, path, names, reference, batch,  # noqa: E731
+                                             token_shape, check_batch_sizes, check_seq_lens, rt, at, rel)
     if validate:
-        result.checks = _parity(module, inputs, path, names, reference, batch, token_shape,
-                                check_batch_sizes, check_seq_lens, rtol, atol)
+        result.checks = check(rtol, atol)
+    if optimize or precision != "fp32":
+        _deploy_form(result, optimize, precision, check if validate else None, rtol, atol)
     log.info("exported %s to %s (%d bytes%s), opset %d, outputs %s", type(module).__name__, path, size,
              ", external data" if external else "", result.opset, names)
     return result
+
+
+def _deploy_form(result: OnnxExport, optimize: bool, precision: str, check: Any, rtol: float | None,
+                 atol: float | None) -> None:
+    """Fuse and/or convert `result.path` in place, then check the file as written (`check`)."""
+    from fxapprox.export.optimize import optimize_onnx
+    from fxapprox.export.precision import PRECISION_TOLERANCES, convert_precision
+
+    path = result.path
+    if optimize:
+        result.optimization = optimize_onnx(path, path)
+    relative = None
+    if precision != "fp32" and result.external_data:
+        raise ExportError(f"{path} keeps its weights in external data (over 2 GB); precision={precision!r} is only "
+                          "supported for single-file models: export with precision='fp32' and convert with "
+                          "onnxruntime's tools")
+    if precision != "fp32":
+        staged = path.with_name(path.stem + f".{precision}.tmp.onnx")
+        convert_precision(path, staged, precision)
+        for src, dst in ((staged, path), (Path(str(staged) + ".data"), Path(str(path) + ".data"))):
+            if src.is_file():
+                src.replace(dst)
+        result.precision = precision
+        kind, rtol, tol = PRECISION_TOLERANCES[precision]
+        if kind == "relative":
+            relative = rtol
+        else:
+            atol = tol
+    result.size_bytes, result.external_data = _written_size(path)
+    result.tolerance = {"relative": relative} if relative is not None else {"rtol": rtol, "atol": atol}
+    _check_model(path)
+    if check is not None:
+        result.final_checks = check(rtol, atol, relative)
 
 
 def _input_names(path: Path) -> list[str]:
@@ -409,8 +477,7 @@ def _check_model(path: Path) -> None:
 
 
 def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
+    ort = onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
@@ -420,7 +487,7 @@ def _session(path: Path) -> Any:
 def _parity(module: nn.Module, inputs: ModelInputs, path: Path, names: list[str], reference: Any,
             batch: int | None, token_shape: tuple[int, int] | None,
             check_batch_sizes: Sequence[int] | None, check_seq_lens: Sequence[int] | None,
-            rtol: float | None, atol: float | None) -> list[ParityCheck]:
+            rtol: float | None, atol: float | None, relative: float | None = None) -> list[ParityCheck]:
     """onnxruntime (optimisations off, CPU) vs PyTorch at the example and the other shapes."""
     session = _session(path)
     base = inputs.batch_size
@@ -450,21 +517,22 @@ def _parity(module: nn.Module, inputs: ModelInputs, path: Path, names: list[str]
                 f"onnxruntime returned {len(got)} outputs, PyTorch {len(wants)}; the model's output "
                 "structure depends on its inputs, which an ONNX graph cannot follow"
             )
-        diffs, ok = {}, True
+        diffs, rels, ok = {}, {}, True
         for name, g, w in zip(names, got, wants):
-            diffs[name], good = _compare(name, g, w, rtol, atol)
+            diffs[name], rels[name], good = _compare(name, g, w, rtol, atol, relative)
             ok = ok and good
-        checks.append(ParityCheck(b, t, diffs, ok))
+        checks.append(ParityCheck(b, t, diffs, ok, rels))
         if not ok:
             worst_name = max(diffs, key=diffs.get)
             ref = wants[names.index(worst_name)]
             r, a = default_tolerance(ref.dtype)
+            tol = (f"relative error {rels[worst_name]:.3g} > {relative:g}" if relative is not None else
+                   f"tolerance rtol={rtol if rtol is not None else r:g}, atol={atol if atol is not None else a:g}")
             err = ExportMismatchError(
                 f"onnxruntime disagrees with PyTorch on {path.name} at batch {b}"
                 + (f", sequence {t}" if t else "")
                 + f": worst |difference| {diffs[worst_name]:.3g} in output {worst_name!r} "
-                f"(tolerance rtol={rtol if rtol is not None else r:g}, atol={atol if atol is not None else a:g} "
-                f"for {ref.dtype}). Look for shape-dependent Python code in forward, export with "
+                f"({tol} for {ref.dtype}). Look for shape-dependent Python code in forward, export with "
                 "opset= another version, or pass looser rtol/atol if the error is rounding"
             )
             err.checks = checks

@@ -23,6 +23,7 @@ __all__ = [
     "ExportError",
     "ExportMismatchError",
     "ProviderUnavailableError",
+    "RuntimeMissingError",
     "AssetError",
     "ChecksumMismatchError",
     "RegistryUnreachableError",
@@ -112,6 +113,10 @@ class ExportMismatchError(ExportError):
 
 class ProviderUnavailableError(ExportError):
     """An onnxruntime execution provider was requested explicitly but is not available."""
+
+
+class RuntimeMissingError(ExportError, ImportError):
+    """No onnxruntime package (neither `onnxruntime` nor `onnxruntime-gpu`) is installed."""
 
 
 class AssetError(FxApproxError):

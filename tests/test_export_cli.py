@@ -115,3 +115,33 @@ def test_plan_that_names_its_model_exports_without_model_option(model_and_plan, 
     named.save(tmp_path / "named")
     assert cli.main(["export", str(tmp_path / "named"), "--onnx", str(tmp_path / "c.onnx"), "--no-check"]) == 0
     assert (tmp_path / "c.onnx").stat().st_size > 0
+
+
+def test_export_optimize_int8_reports_fused_ops_of_original_and_compressed(model_and_plan, tmp_path, capsys):
+    vit, plan = model_and_plan
+    argv = ["export", str(plan), "--model", str(vit), "--onnx", str(tmp_path / "c.onnx"), "--optimize",
+            "--precision", "int8", "--json", str(tmp_path / "c.json")]
+    assert cli.main(argv) == 0
+    record = json.loads((tmp_path / "c.json").read_text())
+    assert record["precision"] == "int8" and all(c["ok"] for c in record["final_checks"])
+    assert record["fused_ops"]["original"]["Attention"] == 4 and record["fused_ops"]["exported"]["Attention"] == 2
+    assert "fused ops" in capsys.readouterr().out
+
+
+def test_bench_baseline_optimized_fuses_both_files_and_keeps_the_flop_ratio(exported, tmp_path):
+    original, compressed, _, _ = exported
+    argv = ["bench", str(original), str(compressed), "--baseline", "optimized", "--batch-sizes", "2", "--iters", "2",
+            "--warmup", "0", "--json", str(tmp_path / "b.json")]
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "b.json").read_text())
+    flops = [json.loads(read_metadata(p)["fxapprox.flops"])["per_item"] for p in (original, compressed)]
+    assert report["baseline"] == "optimized" and report["flop_speedup"] == pytest.approx(flops[0] / flops[1])
+
+
+def test_bench_baseline_optimized_exports_models_and_plans(model_and_plan, tmp_path):
+    vit, plan = model_and_plan
+    argv = ["bench", str(vit), str(plan), "--model", str(vit), "--baseline", "optimized", "--precision", "int8",
+            "--batch-sizes", "2", "--iters", "2", "--warmup", "0", "--json", str(tmp_path / "b.json")]
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["backend"] == "onnxruntime" and report["flop_speedup"] > 1

@@ -38,6 +38,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--static-seq", action="store_true", help="fix the sequence axis of token inputs")
     p.add_argument("--external-data", action="store_true", help="store the weights in OUT.onnx.data")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    p.add_argument("--optimize", action="store_true",
+                   help="fuse Attention, SkipLayerNormalization and BiasGelu for onnxruntime; the JSON reports "
+                   "the fused-operator counts of the original and the compressed model")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="fp16 (GPU) or int8 dynamic quantization (CPU) after export (default fp32)")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the export record as JSON")
     p.set_defaults(func=run)
     return p
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     """Export, check, print the parity table; `--json` writes the record."""
     from fxapprox.export import count_flops, to_onnx
 
-    target, example, _ = load_source(args.source, args)
+    target, example, original = load_source(args.source, args)
     stage("export", "counting FLOPs")
     flops = count_flops(target, example.take(1))
     metadata = {"fxapprox.flops": {"per_item": flops.per_item, "params": flops.params,
@@ -137,10 +142,19 @@ def run(args: argparse.Namespace) -> int:
     stage("export", f"exporting to {args.onnx}" + ("" if args.no_check else " and checking parity in onnxruntime"))
     record = to_onnx(target, example, args.onnx, dynamic_batch=not args.static_batch,
                      dynamic_seq=False if args.static_seq else None, opset=args.opset, metadata=metadata,
-                     external_data=True if args.external_data else None, validate=not args.no_check)
+                     external_data=True if args.external_data else None, validate=not args.no_check,
+                     optimize=args.optimize, precision=args.precision)
     print(format_export(record, flops.per_item, flops.params))
+    extra: dict[str, Any] = {}
+    if record.optimization:
+        from fxapprox.export.optimize import original_fused_ops
+
+        extra["fused_ops"] = {"exported": record.optimization["fused_ops"],
+                              "original": original_fused_ops(original, example) if target is not original
+                              else record.optimization["fused_ops"]}
+        print(f"  fused ops: {extra['fused_ops']}")
     if args.json:
-        write_json(args.json, {**record.as_dict(), "flops_per_item": flops.per_item, "params": flops.params})
+        write_json(args.json, {**record.as_dict(), "flops_per_item": flops.per_item, "params": flops.params, **extra})
     return 0
 
 
