@@ -15,7 +15,7 @@ from fxapprox.errors import FxApproxError
 
 __all__ = ["main", "build_parser"]
 
-_SUBCOMMANDS = ["analyze", "compress", "eval", "export", "bench", "demo", "select-eval"]
+_SUBCOMMANDS = ["analyze", "compress", "eval", "export", "bench", "demo", "select-eval", "frontier"]
 
 
 def build_parser() -> argparse.ArgumentParser:
