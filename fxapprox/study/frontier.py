@@ -372,7 +372,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for ax in axes:
         ax.set_ylabel("agreement with the original's predictions")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    if any(result["methods"].values()):
+        axes[0].legend(fontsize=8)
     fig.suptitle(f"{result['model']}: quality vs speed (frozen probe, 95 % bootstrap intervals)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
