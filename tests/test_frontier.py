@@ -127,6 +127,7 @@ def test_budgets_and_config_from_the_command_line():
     assert config_for(False).retrain and config_for(False).size == 112
 
 
+@pytest.mark.slow
 def test_frontier_end_to_end_writes_every_stage(tmp_path):
     from test_selection_eval import _image_dataset
 
