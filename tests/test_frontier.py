@@ -173,3 +173,25 @@ def test_frontier_end_to_end_writes_every_stage(tmp_path):
 
 def _image_batches():
     return [{"pixel_values": torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(i))} for i in range(2)]
+
+
+@pytest.mark.slow
+def test_latency_selection_meets_its_budget_when_measured_again():
+    from tiny_models import TinyNet
+
+    from fxapprox.study.latency import block_latencies, plan_latency, select_by_latency
+
+    torch.manual_seed(0)
+    model = TinyNet(["mlp"] * 4, d=256).eval()
+    calib = tiny_batches(12, 16)  # 160 calibration samples: 800 token rows for width 256
+    an = fxapprox.analyze(model, calib, num_samples=160, tokens="all", output_samples=32, progress=False)
+    kw = dict(batch_size=256, iters=15, warmup=3)
+    lat = block_latencies(model, calib, calib[0], num_samples=160, **kw)
+    assert len(lat.block_ms) == 4 and min(lat.block_ms) > 0 and lat.provider
+    budget = 0.4  # about two of the four equal blocks
+    spans = select_by_latency(an, lat, budget)
+    assert sum(lat.saving(*sp) for sp in spans) >= budget * lat.original_ms
+    res = fxapprox.compress(model, calib, spans=spans, num_samples=160, progress=False)
+    base, plan, _ = plan_latency(model, res, calib[0], **kw)
+    noise = max(0.05, 2 * float(torch.tensor(lat.block_ms).std()) * len(res.plan.spans) / lat.original_ms)
+    assert (base - plan) / base >= budget - noise
