@@ -34,7 +34,7 @@ from fxapprox.passes.replace_span import ReplaceRecord, SpanRewrite, replace_spa
 from fxapprox.plan import Plan, SpanPlan
 from fxapprox.prepare import Traced, model_device, trace
 from fxapprox.select import best_spans, candidate_costs, select_spans
-from fxapprox.sequential import iterative_spans, paired_moments
+from fxapprox.sequential import IterativeStep, iterative_spans, paired_moments
 from fxapprox.spans import all_spans, validate_spans
 from fxapprox.stats import BoundaryMoments, FoldedMoments
 
@@ -64,6 +64,7 @@ class CompressionResult:
     num_params_after: int
     record: ReplaceRecord | None = field(default=None, repr=False)
     fold_record: FoldRecord | None = field(default=None, repr=False)
+    selection_steps: list[IterativeStep] | None = field(default=None, repr=False)  # selection="iterative": in order
 
     @property
     def spans(self) -> list[tuple[int, int]]:
@@ -301,6 +302,7 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
     chooser = "linear" if transform == "auto" else transform
     if folded is not None:
         moments = folded.total()
+    steps = None
     if spans is None and selection == "iterative":
         steps = iterative_spans(traced, moments, [first.to(device)], num_blocks, transform=chooser, ridge=ridge,
                                 progress=progress)
@@ -331,7 +333,7 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
             plan.weights.update(weights)
     record, fold_record = _rewrite(traced.module, traced.boundaries, plan, like)
     result = CompressionResult(traced.module, plan, traced.capture_path, params_before,
-                               _count_params(traced.module), record, fold_record)
+                               _count_params(traced.module), record, fold_record, steps)
     log.info("compressed %s: spans %s, %d → %d parameters", plan.model_class, result.spans,
              params_before, result.num_params_after)
     return result

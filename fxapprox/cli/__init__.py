@@ -19,7 +19,7 @@ from fxapprox.errors import FxApproxError
 
 __all__ = ["main", "build_parser", "USER_ERRORS", "DEBUG_ENV"]
 
-_SUBCOMMANDS = ["analyze", "compress", "eval", "export", "bench", "demo", "select-eval"]
+_SUBCOMMANDS = ["analyze", "compress", "eval", "export", "bench", "demo", "select-eval", "frontier"]
 DEBUG_ENV = "FXAPPROX_DEBUG"
 # errors a user's input causes (typed fxapprox errors, refusals to overwrite, missing or unreadable
 # files); anything else is a bug and keeps its traceback

@@ -1,0 +1,269 @@
+"""The field's training-free depth-compression rules + a FLOP budget → the `fxapprox.compress` call each makes.
+
+Each method is a re-implementation of its paper's published rule on this project's scores and
+graph machinery (no code of theirs; shared/DESIGN.md, "The field's rules"):
+
+* `papers` (TBA/TOAST): whole blocks; TOAST Algorithm 1's top-1 span of length k on the `linear`
+  score ([CLS] token, 50 samples: `Analysis.top_k(1, span_len=k)`); one linear map.
+* `shortgpt` (Men et al. 2024): whole blocks with the lowest Block Influence
+  `BI_k = 1 - mean_tokens cos(H_{k-1}, H_k)` (the `cosine` score of span `(k-1, k)` on all tokens),
+  not necessarily contiguous; identity.
+* `blockpruner` (Zhong et al. 2025): attention/MLP half units, identity, iterative removal of the
+  unit with the least `output` damage given those removed until the FLOP budget is met: one
+  `compress(units="half", transform="identity", selection="iterative", ...)` call.
+* `replaceme` (Shopkhoev et al. 2025): the contiguous window of n blocks (after block 0's input,
+  so that a block precedes it) whose input and output are closest in angular distance (the
+  `angular` score on all tokens); least-squares linear map, folded into the preceding block's
+  down projection (`fold=True`).
+* `fxapprox`: this library's best rule: the dynamic program over the `output` score (final-feature
+  error of each span's fitted map on held-out samples) with linear maps, at least total error
+  for the FLOP budget (`Analysis.select(flops_budget=...)`).
+
+A budget is the fraction of the whole model's FLOPs to save, net of added maps. A method whose
+plans come in steps takes the smallest plan that saves at least the budget; when none does, its
+largest plan, marked as not reaching it. `rule_plan(method, budget, ...)` returns a `MethodPlan`:
+the keyword arguments for `fxapprox.compress` and the saving the rule predicts. Capabilities that
+`fxapprox.compress` does not offer yet (half units, folding, iterative selection: issue 13) are
+detected from its signature: `missing_api()` names them, a method that cannot run without them is
+reported unavailable, and ReplaceMe runs unfolded (noted on its plan).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fxapprox.analysis import Analysis
+from fxapprox.errors import SpanError
+
+__all__ = ["METHODS", "MethodPlan", "rule_plan", "missing_api", "missing_kwargs", "block_budgets", "budget_fraction",
+           "block_influence", "PruningOrder", "pruning_order"]
+
+Span = tuple[int, int]
+
+METHODS = ("papers", "shortgpt", "blockpruner", "replaceme", "fxapprox")
+
+# compress() keyword arguments each method needs beyond today's public API (issue 13 adds them)
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "blockpruner": ("units", "selection"),
+}
+_TOLERANCE = 1e-9  # relative slack when comparing a saving with its budget
+
+
+@dataclass
+class MethodPlan:
+    """One method's plan for one budget: the `fxapprox.compress` keyword arguments and what the
+    rule predicts it saves (fraction of the model's FLOPs; None when `compress` itself selects)."""
+
+    method: str
+    budget: float
+    compress_kwargs: dict[str, Any]
+    predicted_flops_removed: float | None
+    reaches_budget: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+def missing_kwargs(names: tuple[str, ...], compress: Callable[..., Any] | None = None) -> list[str]:
+    """Which of the keyword arguments `names` `compress` (default `fxapprox.compress`) does not accept."""
+    if compress is None:
+        import fxapprox
+
+        compress = fxapprox.compress
+    accepted = set(inspect.signature(compress).parameters)
+    return [name for name in names if name not in accepted]
+
+
+def missing_api(method: str, compress: Callable[..., Any] | None = None) -> list[str]:
+    """The `compress` keyword arguments `method` needs and `compress` (default `fxapprox.compress`)
+    lacks; empty when the method can run."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {METHODS}")
+    return missing_kwargs(_NEEDS.get(method, ()), compress)
+
+
+def budget_fraction(an: Analysis, saving: float | None) -> float:
+    """A per-sample FLOP saving → its fraction of the model's FLOPs."""
+    if saving is None or not an.total_flops:
+        raise ValueError("the analysis has no FLOP counts: analyze(..., flops=True) records them")
+    return saving / an.total_flops
+
+
+def block_budgets(an: Analysis, max_blocks: int = 6) -> list[float]:
+    """The default budgets: what removing k = 1 .. `max_blocks` (at most L - 1) whole blocks saves,
+    net of the one linear map that replaces them (the mean over the k-block spans), as fractions of
+    the model's FLOPs; so the papers' k-block span meets budget k, and an identity plan of k blocks
+    saves a map's FLOPs more."""
+    if not an.block_flops or not an.total_flops:
+        raise ValueError("the analysis has no FLOP counts: analyze(..., flops=True) records them")
+    out = []
+    for k in range(1, min(max_blocks, an.num_blocks - 1) + 1):
+        spans = [(s, s + k) for s in range(-1, an.num_blocks - k)]
+        out.append(sum(_span_saving(an, [sp], "linear") for sp in spans) / len(spans))
+    return out
+
+
+def _meets(saved: float, budget: float) -> bool:
+    return saved >= budget * (1 - _TOLERANCE)
+
+
+def _first_reaching(method: str, budget: float, candidates: list[tuple[dict[str, Any], float]]) -> MethodPlan:
+    """The first candidate (kwargs, saved fraction), in the rule's order of growing plans, that
+    saves at least `budget`; else the largest, marked as not reaching it."""
+    if not candidates:
+        raise ValueError(f"{method}: no candidate plan")
+    for kwargs, saved in candidates:
+        if _meets(saved, budget):
+            return MethodPlan(method, budget, kwargs, saved)
+    kwargs, saved = max(candidates, key=lambda c: c[1])
+    return MethodPlan(method, budget, kwargs, saved, reaches_budget=False,
+                      notes=[f"no {method} plan saves {budget:.3f} of the FLOPs; its largest saves {saved:.3f}"])
+
+
+def _merge_blocks(blocks: list[int]) -> list[Span]:
+    """Removed block indices → contiguous spans `(s, e)` (blocks s+1..e)."""
+    spans: list[Span] = []
+    for b in sorted(blocks):
+        if spans and spans[-1][1] == b - 1:
+            spans[-1] = (spans[-1][0], b)
+        else:
+            spans.append((b - 1, b))
+    return spans
+
+
+def _span_saving(an: Analysis, spans: list[Span], transform: str) -> float:
+    return budget_fraction(an, sum(an.savings(s, e, transform)[1] for s, e in spans))
+
+
+def papers_plan(an: Analysis, budget: float) -> MethodPlan:
+    """TOAST Algorithm 1: the top-1 span of length k by the `linear` score of `an` (the papers'
+    [CLS] on 50 samples), for the least k whose linear span saves the budget."""
+    candidates = []
+    for k in range(1, an.num_blocks + 1):
+        s, e, _ = an.top_k(1, span_len=k, metric="linear")[0]
+        candidates.append(({"spans": [(s, e)], "transform": "linear"}, _span_saving(an, [(s, e)], "linear")))
+    return _first_reaching("papers", budget, candidates)
+
+
+def block_influence(an: Analysis) -> list[float]:
+    """ShortGPT's Block Influence of every block: `1 - mean cos(H_{k-1}, H_k)` over `an`'s rows."""
+    return [an.score(k - 1, k, "cosine") for k in range(an.num_blocks)]
+
+
+def shortgpt_plan(an: Analysis, budget: float) -> MethodPlan:
+    """The blocks with the lowest Block Influence (ties: earlier first), as few as save the
+    budget, each replaced by the identity."""
+    influence = block_influence(an)
+    order = sorted(range(an.num_blocks), key=lambda k: (influence[k], k))
+    candidates = []
+    for k in range(1, an.num_blocks + 1):
+        spans = _merge_blocks(order[:k])
+        candidates.append(({"spans": spans, "transform": "identity"}, _span_saving(an, spans, "identity")))
+    return _first_reaching("shortgpt", budget, candidates)
+
+
+def replaceme_plan(an: Analysis, budget: float, *, fold: bool) -> MethodPlan:
+    """For the least n that saves the budget, the window of n blocks after block 0 with the
+    smallest angular distance between its input and output; a linear map, folded when `fold`."""
+    transform = "identity" if fold else "linear"  # a folded map adds no FLOPs, as the identity
+    candidates = []
+    for n in range(1, an.num_blocks):
+        windows = [(s, s + n) for s in range(0, an.num_blocks - n)]
+        s, e = min(windows, key=lambda w: (an.score(*w, "angular"), w))
+        kwargs: dict[str, Any] = {"spans": [(s, e)], "transform": "linear"}
+        if fold:
+            kwargs["fold"] = True
+        candidates.append((kwargs, _span_saving(an, [(s, e)], transform)))
+    plan = _first_reaching("replaceme", budget, candidates)
+    if not fold:
+        plan.notes.append("map not folded: fxapprox.compress has no fold=True yet (issue 13), so the "
+                          "plan keeps a d×d Linear")
+    return plan
+
+
+def fxapprox_plan(an: Analysis, budget: float) -> MethodPlan:
+    """The dynamic program over the `output` score with linear maps: the span set of least total
+    final-feature error that saves the budget (when none does, the most blocks it can remove)."""
+    try:
+        spans = an.select(flops_budget=budget, metric="output", transform="linear")
+    except SpanError:  # beyond every span set the output score rates (analyze's output_max_len)
+        spans = _most_blocks(an)
+    saved = _span_saving(an, spans, "linear")
+    plan = MethodPlan("fxapprox", budget, {"spans": spans, "transform": "linear"}, saved,
+                      reaches_budget=_meets(saved, budget))
+    if not plan.reaches_budget:
+        plan.notes.append(f"no span set the output score rates saves {budget:.3f}; the plan that removes the "
+                          f"most blocks saves {saved:.3f}")
+    return plan
+
+
+def _most_blocks(an: Analysis) -> list[Span]:
+    for k in range(an.num_blocks, 0, -1):
+        try:
+            return an.select(num_blocks=k, metric="output", transform="linear")
+        except SpanError:
+            continue
+    raise SpanError("the output score rates no span: analyze(..., output_samples=N) computes it")
+
+
+@dataclass
+class PruningOrder:
+    """BlockPruner's greedy order: the half units removed one at a time (`compress(units="half",
+    transform="identity", selection="iterative")`'s `selection_steps`), each unit's FLOPs per sample
+    (`analyze(units="half", flops=True)`) and the model's."""
+
+    units: list[int]
+    spans_after: list[list[Span]]
+    unit_flops: list[float]
+    total_flops: float
+
+
+def pruning_order(model: Any, calib: Any, *, num_samples: int, max_units: int) -> PruningOrder:
+    """Run BlockPruner's rule once, up to `max_units` half units: every budget's plan is a prefix."""
+    import fxapprox
+
+    half = fxapprox.analyze(model, calib, num_samples=num_samples, tokens="all", flops=True, units="half",
+                            progress=False)
+    res = fxapprox.compress(model, calib, num_blocks=min(max_units, half.num_blocks), units="half",
+                            transform="identity", selection="iterative", num_samples=num_samples, progress=False)
+    steps = res.selection_steps or []
+    return PruningOrder([st.block for st in steps], [st.spans for st in steps], list(half.block_flops),
+                        float(half.total_flops))
+
+
+def blockpruner_plan(order: PruningOrder, budget: float) -> MethodPlan:
+    """BlockPruner's rule (attention/MLP half units, identity, iterative removal of the unit with the
+    least `output` damage given those removed): the shortest prefix of the greedy order that saves
+    the budget; else the whole order, marked as not reaching it."""
+    candidates, saved = [], 0.0
+    for unit, spans in zip(order.units, order.spans_after):
+        saved += order.unit_flops[unit] / order.total_flops
+        candidates.append(({"spans": [tuple(sp) for sp in spans], "units": "half", "transform": "identity"}, saved))
+    return _first_reaching("blockpruner", budget, candidates)
+
+
+def rule_plan(method: str, budget: float, *, paper: Analysis, scores: Analysis,
+              compress: Callable[..., Any] | None = None, order: PruningOrder | None = None) -> MethodPlan:
+    """`method`'s plan for `budget` (a fraction of the FLOPs): `paper` is the papers' analysis
+    ([CLS], 50 samples), `scores` the all-token analysis with FLOP counts and the `output` score,
+    `order` BlockPruner's greedy order (`pruning_order`)."""
+    if not 0 < budget < 1 or math.isnan(budget):
+        raise ValueError(f"budget {budget} must be a fraction of the FLOPs in (0, 1)")
+    missing = missing_api(method, compress)
+    if missing:
+        raise NotImplementedError(f"{method} needs fxapprox.compress({', '.join(f'{m}=' for m in missing)}...) "
+                                  "(issue 13: half units and iterative selection), which this version lacks")
+    if method == "papers":
+        return papers_plan(paper, budget)
+    if method == "shortgpt":
+        return shortgpt_plan(scores, budget)
+    if method == "replaceme":
+        return replaceme_plan(scores, budget, fold=not missing_kwargs(("fold",), compress))
+    if method == "fxapprox":
+        return fxapprox_plan(scores, budget)
+    if order is None:
+        raise ValueError("blockpruner needs its greedy order: pass order=pruning_order(...)")
+    return blockpruner_plan(order, budget)
+
