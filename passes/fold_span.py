@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx
 from torch import nn
-from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from fxapprox.errors import FoldError
 from fxapprox.passes.dead_code import PruneRecord, prune_dead_code
+from fxapprox.passes.span_pass import SpanPass
 
 __all__ = ["FoldSite", "FoldRewrite", "FoldRecord", "FoldSpansPass", "find_fold_site", "fold_spans",
            "fold_param_name"]
@@ -174,23 +174,7 @@ def fold_spans(gm: torch.fx.GraphModule, rewrites: list[FoldRewrite]) -> FoldRec
     return FoldRecord([(rw.s, rw.e) for rw in rewrites], linears, scales, before, len(gm.graph.nodes), added, pruned)
 
 
-class FoldSpansPass(PassBase):
+class FoldSpansPass(SpanPass):
     """`PassBase` form of `fold_spans`; requires the boundary nodes, ensures a linted graph."""
 
-    def __init__(self, rewrites: list[FoldRewrite]):
-        super().__init__()
-        self.rewrites = rewrites
-        self.record: FoldRecord | None = None
-
-    def requires(self, graph_module: torch.fx.GraphModule) -> None:
-        names = {n.name for n in graph_module.graph.nodes}
-        missing = [n for rw in self.rewrites for n in (rw.source, rw.target) if n not in names]
-        if missing:
-            raise ValueError(f"boundary nodes {missing} are not in the graph")
-
-    def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
-        self.record = fold_spans(graph_module, self.rewrites)
-        return PassResult(graph_module, True)
-
-    def ensures(self, graph_module: torch.fx.GraphModule) -> None:
-        graph_module.graph.lint()
+    rewrite = staticmethod(fold_spans)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx
 from torch import nn
-from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from fxapprox.passes.dead_code import PruneRecord, prune_dead_code
+from fxapprox.passes.span_pass import SpanPass
 
 __all__ = ["SpanRewrite", "ReplaceSpansPass", "replace_spans", "ReplaceRecord", "span_module_name"]
 
@@ -69,23 +69,7 @@ def replace_spans(gm: torch.fx.GraphModule, rewrites: list[SpanRewrite]) -> Repl
     return ReplaceRecord([(rw.s, rw.e) for rw in rewrites], before, len(gm.graph.nodes), added, pruned)
 
 
-class ReplaceSpansPass(PassBase):
+class ReplaceSpansPass(SpanPass):
     """`PassBase` form of `replace_spans`; requires the boundary nodes, ensures a linted graph."""
 
-    def __init__(self, rewrites: list[SpanRewrite]):
-        super().__init__()
-        self.rewrites = rewrites
-        self.record: ReplaceRecord | None = None
-
-    def requires(self, graph_module: torch.fx.GraphModule) -> None:
-        names = {n.name for n in graph_module.graph.nodes}
-        missing = [n for rw in self.rewrites for n in (rw.source, rw.target) if n not in names]
-        if missing:
-            raise ValueError(f"boundary nodes {missing} are not in the graph")
-
-    def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
-        self.record = replace_spans(graph_module, self.rewrites)
-        return PassResult(graph_module, True)
-
-    def ensures(self, graph_module: torch.fx.GraphModule) -> None:
-        graph_module.graph.lint()
+    rewrite = staticmethod(replace_spans)

@@ -18,26 +18,24 @@ SPANS_HELP = ("spans to replace, format s-e[,s-e...], e.g. 9-11 or 3-4,9-11 (s-e
               "units with --units half; -1-e or m1-e starts at the embeddings)")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+def _int_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer: give a whole number >= 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is too small: give a whole number >= 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer: give a whole number >= {minimum}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{value} is too small: give a whole number >= {minimum}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
 
 
 def nonnegative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer: give a whole number >= 0") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative: give a whole number >= 0")
-    return value
+    return _int_at_least(text, 0)
 
 
 def spans_arg(text: str) -> list[tuple[int, int]]:
