@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from fxapprox.errors import FoldError
 from fxapprox.study.damage import measure_damage, probe_accuracy
 from fxapprox.study.field_methods import METHODS, MethodPlan, block_budgets, missing_api, pruning_order, rule_plan
 from fxapprox.study.span_features import SpanFeatures
@@ -274,7 +275,12 @@ def _measure_plan(plan: MethodPlan, model: torch.nn.Module, calib: Any, cfg: Fro
     """Compress by `plan`, then measure (or reuse the measurement of the same plan) → one table row."""
     import fxapprox
 
-    res = fxapprox.compress(model, calib, num_samples=cfg.samples, progress=False, **plan.compress_kwargs)
+    try:
+        res = fxapprox.compress(model, calib, num_samples=cfg.samples, progress=False, **plan.compress_kwargs)
+    except FoldError as err:  # e.g. post-norm blocks (BERT): ReplaceMe's fold needs a Linear added to the stream
+        plan.compress_kwargs = {k: v for k, v in plan.compress_kwargs.items() if k != "fold"}
+        plan.notes.append(f"map not folded: {err}")
+        res = fxapprox.compress(model, calib, num_samples=cfg.samples, progress=False, **plan.compress_kwargs)
     key = _plan_key(res, plan.compress_kwargs)
     if key not in measured:
         train, test = features(res.module)
