@@ -82,7 +82,8 @@ def test_fxapprox_takes_the_span_of_least_output_error():
     an = _analysis((2,), num_samples=32, tokens="all", output_samples=16)
     one = block_budgets(an, 1)[0]
     plan = fxapprox_plan(an, one)
-    assert plan.compress_kwargs == {"spans": [(1, 2)], "transform": "linear"} and plan.reaches_budget
+    assert plan.compress_kwargs == {"spans": [(1, 2)], "transform": "linear", "refit": "sequential"}
+    assert plan.reaches_budget
 
 
 def test_blockpruner_removes_the_unit_that_does_nothing_first():

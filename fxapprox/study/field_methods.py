@@ -185,13 +185,14 @@ def replaceme_plan(an: Analysis, budget: float, *, fold: bool) -> MethodPlan:
 
 def fxapprox_plan(an: Analysis, budget: float) -> MethodPlan:
     """The dynamic program over the `output` score with linear maps: the span set of least total
-    final-feature error that saves the budget (when none does, the most blocks it can remove)."""
+    final-feature error that saves the budget (when none does, the most blocks it can remove), each
+    map refitted on the model with the earlier spans replaced (`refit="sequential"`)."""
     try:
         spans = an.select(flops_budget=budget, metric="output", transform="linear")
     except SpanError:  # beyond every span set the output score rates (analyze's output_max_len)
         spans = _most_blocks(an)
     saved = _span_saving(an, spans, "linear")
-    plan = MethodPlan("fxapprox", budget, {"spans": spans, "transform": "linear"}, saved,
+    plan = MethodPlan("fxapprox", budget, {"spans": spans, "transform": "linear", "refit": "sequential"}, saved,
                       reaches_budget=_meets(saved, budget))
     if not plan.reaches_budget:
         plan.notes.append(f"no span set the output score rates saves {budget:.3f}; the plan that removes the "
