@@ -45,6 +45,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=256, help="calibration samples (train split)")
     p.add_argument("--test", type=int, default=500, help="held-out test images the errors are measured on")
+    p.add_argument("--data", default="mnist-5k", help="image data set: mnist-5k or fashion-mnist")
     p.add_argument("--image-size", type=int, default=56)
     p.add_argument("--plans", default="2-3,5-6,8-9;1-3,5-6;3-4,6-7,9-10",
                    help="';'-separated span lists (s-e replaces blocks s+1..e)")
@@ -53,7 +54,7 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     model = assets.load_model("dinov2-small").eval()
-    dataset = assets.load_dataset("mnist-5k")
+    dataset = assets.load_dataset(args.data)
     calib = data.calibration_loader("dinov2-small", dataset, num_samples=args.samples, size=args.image_size)
     test = list(data.data_loader("dinov2-small", dataset, split="test", num_samples=args.test, size=args.image_size))
     rows = []
@@ -76,7 +77,7 @@ def main() -> None:
                      "spans": res.spans, "seconds": round(time.perf_counter() - t0, 1),
                      **_errors(res.module, model, test)})
         print(json.dumps(rows[-1]), flush=True)
-    report = {"model": "dinov2-small", "data": "mnist-5k", "image_size": args.image_size,
+    report = {"model": "dinov2-small", "data": args.data, "image_size": args.image_size,
               "samples": args.samples, "test": args.test, "torch": torch.__version__,
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "rows": rows}
     if args.json:
