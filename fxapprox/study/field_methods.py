@@ -38,6 +38,7 @@ from typing import Any
 
 from fxapprox.analysis import Analysis
 from fxapprox.errors import SpanError
+from fxapprox.sequential import runs_to_spans
 
 __all__ = ["METHODS", "MethodPlan", "rule_plan", "missing_api", "missing_kwargs", "block_budgets", "budget_fraction",
            "block_influence", "PruningOrder", "pruning_order"]
@@ -122,17 +123,6 @@ def _first_reaching(method: str, budget: float, candidates: list[tuple[dict[str,
                       notes=[f"no {method} plan saves {budget:.3f} of the FLOPs; its largest saves {saved:.3f}"])
 
 
-def _merge_blocks(blocks: list[int]) -> list[Span]:
-    """Removed block indices → contiguous spans `(s, e)` (blocks s+1..e)."""
-    spans: list[Span] = []
-    for b in sorted(blocks):
-        if spans and spans[-1][1] == b - 1:
-            spans[-1] = (spans[-1][0], b)
-        else:
-            spans.append((b - 1, b))
-    return spans
-
-
 def _span_saving(an: Analysis, spans: list[Span], transform: str) -> float:
     return budget_fraction(an, sum(an.savings(s, e, transform)[1] for s, e in spans))
 
@@ -159,7 +149,7 @@ def shortgpt_plan(an: Analysis, budget: float) -> MethodPlan:
     order = sorted(range(an.num_blocks), key=lambda k: (influence[k], k))
     candidates = []
     for k in range(1, an.num_blocks + 1):
-        spans = _merge_blocks(order[:k])
+        spans = runs_to_spans(set(order[:k]))
         candidates.append(({"spans": spans, "transform": "identity"}, _span_saving(an, spans, "identity")))
     return _first_reaching("shortgpt", budget, candidates)
 
