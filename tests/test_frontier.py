@@ -124,7 +124,7 @@ def test_budgets_and_config_from_the_command_line():
     args = build_parser().parse_args(["frontier", "dinov2-small", "--data", "mnist-5k", "--out", "o", "--quick",
                                       "--budgets", "0.08,0.25", "--json", "f.json", "--test", "0"])
     assert args.func.__module__ == "fxapprox.cli.frontier" and args.quick and args.json == "f.json"
-    assert budgets_from_text(args.budgets) == (0.08, 0.25)
+    assert args.budgets == budgets_from_text("0.08,0.25") == (0.08, 0.25)
     with pytest.raises(ValueError, match="fractions"):
         budgets_from_text("0.2,1.5")
     cfg = config_for(True, budgets=(0.08,), test_samples=args.test, samples=None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fxapprox.cli.common import nonnegative_int, positive_int
+
 __all__ = ["add_parser", "run"]
 
 
@@ -30,31 +32,56 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "agreement, agreement_ci, accuracy, accuracy_se, spans}, ...]}}")
     p.add_argument("--quick", action="store_true", help="sizes for 2 CPU cores (56 px, 256 calibration / 500 test "
                    "samples, frozen probe only, short latency runs): under 30 minutes on DINOv2-small / MNIST-5k")
-    p.add_argument("--budgets", default=None, help="FLOP fractions to save, comma-separated, e.g. 0.08,0.25 "
+    p.add_argument("--budgets", type=_budgets, default=None, help="FLOP fractions to save, comma-separated, e.g. 0.08,0.25 "
                    "(default: what removing 1..6 whole blocks saves)")
-    p.add_argument("--methods", default=None, help="comma-separated subset of papers,shortgpt,blockpruner,"
+    p.add_argument("--methods", type=_methods, default=None, help="comma-separated subset of papers,shortgpt,blockpruner,"
                    "replaceme,fxapprox (default: all)")
-    p.add_argument("--samples", type=int, default=None, help="calibration samples (default 500; 256 with --quick)")
-    p.add_argument("--train", type=int, default=None, help="probe training samples (0: whole split)")
-    p.add_argument("--test", type=int, default=None, help="test samples (0: whole split)")
-    p.add_argument("--size", type=int, default=None, help="image side in pixels (default 112; 56 with --quick)")
+    p.add_argument("--samples", type=positive_int, default=None,
+                   help="calibration samples (default 500; 256 with --quick)")
+    p.add_argument("--train", type=nonnegative_int, default=None,
+                   help="probe training samples (0: whole split)")
+    p.add_argument("--test", type=nonnegative_int, default=None,
+                   help="test samples (0: whole split)")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="image side in pixels (default 112; 56 with --quick)")
     p.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=None,
                    help="also retrain a probe per plan and seed (the papers' protocol; default on, off with --quick)")
-    p.add_argument("--bench-iters", type=int, default=None, help="timed runs per batch size and model")
+    p.add_argument("--bench-iters", type=positive_int, default=None,
+                   help="timed runs per batch size and model")
     p.add_argument("--keep-onnx", action="store_true", help="keep original.onnx in --out (plans' files are "
                    "always deleted once timed)")
     p.set_defaults(func=run)
     return p
 
 
+def _budgets(text: str) -> tuple[float, ...]:
+    """argparse type: `0.08,0.25` → budgets, with the format in the error."""
+    from fxapprox.study.frontier import budgets_from_text
+
+    try:
+        return budgets_from_text(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{err}, e.g. 0.08,0.25") from None
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    """argparse type: a comma-separated subset of the field's methods."""
+    from fxapprox.study.field_methods import METHODS
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown methods {unknown or [text]}: choose from {','.join(METHODS)}")
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from fxapprox.study import assets
-    from fxapprox.study.frontier import budgets_from_text, config_for, frontier, write_report
+    from fxapprox.study.frontier import config_for, frontier, write_report
 
-    cfg = config_for(args.quick, budgets=budgets_from_text(args.budgets) if args.budgets else None,
-                     methods=tuple(args.methods.split(",")) if args.methods else None, samples=args.samples,
+    cfg = config_for(args.quick, budgets=args.budgets, methods=args.methods, samples=args.samples,
                      train_samples=args.train, test_samples=args.test, size=args.size, retrain=args.retrain,
                      bench_iters=args.bench_iters)
     model = assets.load_model(args.model)

@@ -403,7 +403,10 @@ def write_report(result: dict[str, Any], out: Path, json_path: str | Path | None
 
 def budgets_from_text(text: str) -> tuple[float, ...]:
     """`"0.08,0.25"` → `(0.08, 0.25)`; each a fraction in (0, 1)."""
-    values = tuple(float(v) for v in text.split(",") if v.strip())
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
     bad = [v for v in values if not 0 < v < 1]
     if bad or not values:
         raise ValueError(f"budgets must be fractions of the FLOPs in (0, 1), comma-separated; got {text!r}")
