@@ -32,10 +32,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "agreement, agreement_ci, accuracy, accuracy_se, spans}, ...]}}")
     p.add_argument("--quick", action="store_true", help="sizes for 2 CPU cores (56 px, 256 calibration / 500 test "
                    "samples, frozen probe only, short latency runs): under 30 minutes on DINOv2-small / MNIST-5k")
-    p.add_argument("--budgets", type=_budgets, default=None, help="FLOP fractions to save, comma-separated, e.g. 0.08,0.25 "
-                   "(default: what removing 1..6 whole blocks saves)")
-    p.add_argument("--methods", type=_methods, default=None, help="comma-separated subset of papers,shortgpt,blockpruner,"
-                   "replaceme,fxapprox (default: all)")
+    p.add_argument("--budgets", type=_budgets, default=None,
+                   help="FLOP fractions to save, comma-separated, e.g. 0.08,0.25 (default: what removing 1..6 whole "
+                   "blocks saves)")
+    p.add_argument("--methods", type=_methods, default=None,
+                   help="comma-separated subset of papers,shortgpt,blockpruner,replaceme,fxapprox (default: all)")
     p.add_argument("--samples", type=positive_int, default=None,
                    help="calibration samples (default 500; 256 with --quick)")
     p.add_argument("--train", type=nonnegative_int, default=None,
