@@ -93,6 +93,7 @@ def _same_work(rank: int, port: int, out: str) -> None:
     save_file({k: v.contiguous() for k, v in res.plan.weights.items()}, str(out / f"weights{rank}.safetensors"))
     (out / f"spans{rank}.json").write_text(json.dumps(res.spans))
     dist.destroy_process_group()
+    os._exit(0)  # skip teardown: gloo threads can abort it ("terminate called without an active exception")
 
 
 def _failures(rank: int, port: int, out: str) -> None:
@@ -117,6 +118,7 @@ def _failures(rank: int, port: int, out: str) -> None:
             seen[name] = [type(err).__name__, str(err), time.monotonic() - start]
     (Path(out) / f"errors{rank}.json").write_text(json.dumps(seen))
     dist.destroy_process_group()
+    os._exit(0)  # skip teardown: gloo threads can abort it ("terminate called without an active exception")
 
 
 def _spawn(worker, out: Path, timeout: float = 90.0) -> None:
