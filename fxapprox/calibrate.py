@@ -2,10 +2,10 @@
 
 `CalibrationInterpreter` hands each watched boundary tensor to a callback as it is computed and
 stops as soon as the last watched boundary is known (the rest of the model is not run).
-`calibrate()` streams batches through it into `BoundaryMoments`: padding tokens (from an
-`attention_mask`) are dropped, non-finite activations are an error, and it stops after
-`num_samples` samples. `split_samples` cuts a batch stream after exactly n samples (for held-out
-samples after the calibration ones).
+`calibrate()` streams batches through it into `BoundaryMoments` (`calibrate_runs()`: through several
+graphs fed the same batches): padding tokens (from an `attention_mask`) are dropped, non-finite
+activations are an error, and it stops after `num_samples` samples. `split_samples` cuts a batch
+stream after exactly n samples (for held-out samples after the calibration ones).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -28,8 +28,8 @@ from fxapprox.errors import EmptyCalibrationError, FewerSamplesWarning, NonFinit
 from fxapprox.inputs import ModelInputs, as_model_inputs, token_mask
 from fxapprox.stats import BoundaryMoments, FoldedMoments
 
-__all__ = ["CalibrationInterpreter", "EagerBlockHooks", "calibrate", "calibrate_eager", "token_rows", "iter_batches",
-           "split_samples", "Tokens"]
+__all__ = ["CalibrationInterpreter", "EagerBlockHooks", "calibrate", "calibrate_runs", "calibrate_eager", "token_rows",
+           "iter_batches", "split_samples", "Tokens"]
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,31 @@ def calibrate(gm: torch.fx.GraphModule, boundaries: Boundaries, indices: list[in
     watched = {boundaries[k]: k for k in moments.indices}
     return _stream(lambda observe: CalibrationInterpreter(gm, watched, observe), moments, batches, num_samples,
                    tokens=tokens, device=device, progress=progress)
+
+
+class _Together:
+    """Several runners fed the same batch, one after the other."""
+
+    def __init__(self, runners: list[CalibrationInterpreter]):
+        self.runners = runners
+
+    def observe_batch(self, inputs: ModelInputs) -> None:
+        for runner in self.runners:
+            runner.observe_batch(inputs)
+
+
+def calibrate_runs(runs: Sequence[tuple[torch.fx.GraphModule, dict[torch.fx.Node, int]]],
+                   batches: Iterable[ModelInputs], num_samples: int, *, tokens: Tokens = "all",
+                   device: torch.device | None = None, progress: bool = True,
+                   moments: BoundaryMoments | FoldedMoments | None = None) -> BoundaryMoments | FoldedMoments:
+    """`calibrate` through several graphs at once: every `(graph, {node: key})` of `runs` is fed the same
+    batches (each up to its last watched node) and the watched nodes' moments are accumulated together,
+    under their keys (e.g. `H_s` of the graph with earlier spans replaced next to `H_e` of the original:
+    the sequential refit)."""
+    if moments is None:
+        moments = BoundaryMoments(sorted(k for _, watched in runs for k in watched.values()))
+    return _stream(lambda observe: _Together([CalibrationInterpreter(gm, watched, observe) for gm, watched in runs]),
+                   moments, batches, num_samples, tokens=tokens, device=device, progress=progress)
 
 
 def calibrate_eager(model: torch.nn.Module, stack: BlockStack, indices: list[int], batches: Iterable[ModelInputs],

@@ -23,7 +23,7 @@ from torch import nn
 from fxapprox import distributed
 from fxapprox.blocks import find_block_stack
 from fxapprox.boundaries import UNITS
-from fxapprox.calibrate import calibrate, iter_batches, split_samples
+from fxapprox.calibrate import calibrate, calibrate_runs, iter_batches, split_samples
 from fxapprox.errors import FoldError, FxApproxError, MissingScoreError, PlanMismatchError, SpanError
 from fxapprox.fit import DEFAULT_RIDGE, PRIORS, fit_affine, fit_fold, identity_residual
 from fxapprox.inputs import ModelInputs, as_model_inputs
@@ -34,7 +34,7 @@ from fxapprox.passes.replace_span import ReplaceRecord, SpanRewrite, replace_spa
 from fxapprox.plan import Plan, SpanPlan
 from fxapprox.prepare import Traced, model_device, trace
 from fxapprox.select import best_spans, candidate_costs, select_spans
-from fxapprox.sequential import IterativeStep, iterative_spans, paired_moments
+from fxapprox.sequential import IterativeStep, iterative_spans
 from fxapprox.spans import all_spans, validate_spans
 from fxapprox.stats import BoundaryMoments, FoldedMoments
 
@@ -195,8 +195,8 @@ def _fit_sequential(traced: Traced, moments: BoundaryMoments, plan: Plan, spans,
             watched = {h_s: s}
             if fold:
                 watched[find_fold_site(gm, h_s, s).branch] = _BRANCH_KEY + s
-            m = paired_moments([(gm, watched), (traced.module, {traced.boundaries[e]: e})], batches,
-                               device=device, progress=progress)
+            m = calibrate_runs([(gm, watched), (traced.module, {traced.boundaries[e]: e})], batches,
+                               moments.samples, device=device, progress=progress)
         sp, weights = _fit_span(m, s, e, transform, fold, traced.widths, ridge, prior, tolerance)
         plan.spans.append(sp)
         plan.weights.update(weights)

@@ -1,22 +1,19 @@
-"""Compounding-aware steps: paired moments on a partly rewritten graph (sequential refit), greedy span removal.
+"""Compounding-aware selection: greedy span removal, each step scored given what is already replaced.
 
-* `paired_moments`: the same batches through several graphs at once (e.g. the graph with the
-  earlier spans already replaced, up to `H_s`, and the original one, up to `H_e`) → one
-  `BoundaryMoments` over their watched nodes, so a map is fitted from the rewritten model's
-  `H_s` to the original `H_e` (error compensation). Each graph runs only up to its last watched node.
 * `iterative_spans`: BlockPruner / SLEB-style selection. Starting from the whole model, replace
   the block whose replacement (merged with the already replaced neighbours into one span, mapped
   by its fitted transform) gives the least `output` damage — the relative error of the pooled final
   features — given what is already replaced; re-score; repeat until `num_blocks` are gone.
   Candidates run through `ReplacedRunner`, an interpreter of the original graph that substitutes
-  `T(H_s)` for `H_e` for each replaced span.
+  `T(H_s)` for `H_e` for each replaced span. Under a process group each rank scores its share of a
+  step's candidates and every rank takes the same best one.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +21,7 @@ import torch
 import torch.fx
 from tqdm.auto import tqdm
 
-from fxapprox.calibrate import CalibrationInterpreter, token_rows
+from fxapprox import distributed
 from fxapprox.capture import flat_graph_inputs
 from fxapprox.errors import SpanError
 from fxapprox.features import last_hidden_state, pool_features
@@ -33,34 +30,12 @@ from fxapprox.output_score import fitted_maps
 from fxapprox.prepare import Traced, model_device
 from fxapprox.stats import BoundaryMoments
 
-__all__ = ["paired_moments", "ReplacedRunner", "IterativeStep", "iterative_spans", "runs_to_spans"]
+__all__ = ["ReplacedRunner", "IterativeStep", "iterative_spans", "runs_to_spans"]
 
 log = logging.getLogger(__name__)
 
 Span = tuple[int, int]
 Fitted = tuple[torch.Tensor, torch.Tensor] | None  # (W, b) of `x W + b`, None for the identity
-
-
-def paired_moments(runs: Sequence[tuple[torch.fx.GraphModule, dict[torch.fx.Node, int]]],
-                   batches: Iterable[ModelInputs], *, device: torch.device | None = None,
-                   progress: bool = True) -> BoundaryMoments:
-    """Moments of the nodes watched in every `(graph, {node: key})` of `runs`, all fed the same batches."""
-    indices = sorted(k for _, watched in runs for k in watched.values())
-    moments = BoundaryMoments(indices)
-    current: dict[int, torch.Tensor] = {}
-
-    def observe(k: int, h: torch.Tensor) -> None:
-        current[k] = h.detach()
-
-    interpreters = [CalibrationInterpreter(gm, watched, observe) for gm, watched in runs]
-    for inputs in tqdm(batches, desc="recalibrating", unit="batch", leave=False, disable=not progress):
-        inputs = inputs.to(device) if device is not None else inputs
-        current.clear()
-        for interp in interpreters:
-            interp.observe_batch(inputs)
-        mask = token_mask(inputs)
-        moments.update({k: token_rows(current[k], mask) for k in indices}, inputs.batch_size)
-    return moments
 
 
 class ReplacedRunner(torch.fx.Interpreter):
@@ -140,28 +115,30 @@ def iterative_spans(traced: Traced, moments: BoundaryMoments, batches: Sequence[
     total = sum(float(f.square().sum()) for f in reference)
     if total == 0.0:
         raise ValueError("the final features are all zero on the scoring batches: the output damage is undefined")
+
+    def damage(block: int) -> float:
+        runner = ReplacedRunner(traced, {sp: fitted(sp) for sp in runs_to_spans(removed | {block})})
+        return math.sqrt(sum(float((runner.features(b) - ref).square().sum())
+                             for b, ref in zip(batches, reference)) / total)
+
     removed: set[int] = set()
     steps: list[IterativeStep] = []
-    bar = tqdm(total=num_blocks, desc="iterative selection", unit="block", leave=False, disable=not progress)
+    bar = tqdm(total=num_blocks, desc="iterative selection", unit="block", leave=False,
+               disable=not (progress and distributed.is_main()))
     for _ in range(num_blocks):
-        best: IterativeStep | None = None
-        for block in range(num_total):
-            if block in removed:
-                continue
-            spans = runs_to_spans(removed | {block})
-            if not all(allowed(sp) for sp in spans):
-                continue
-            runner = ReplacedRunner(traced, {sp: fitted(sp) for sp in spans})
-            sq = sum(float((runner.features(b) - ref).square().sum()) for b, ref in zip(batches, reference))
-            damage = math.sqrt(sq / total)
-            if best is None or damage < best.damage:
-                best = IterativeStep(block, spans, damage)
-        if best is None:
+        candidates = [block for block in range(num_total) if block not in removed
+                      and all(allowed(sp) for sp in runs_to_spans(removed | {block}))]
+        if not candidates:
             raise SpanError(f"no block can be replaced by transform={transform!r} after {sorted(removed)} "
                             "(identity needs equal widths); use transform='linear'")
-        removed.add(best.block)
-        steps.append(best)
-        log.info("iterative selection: block %d → spans %s, output damage %.4g", best.block, best.spans, best.damage)
+        with distributed.lockstep():
+            mine = {block: damage(block) for block in distributed.share(candidates)}
+        damages = distributed.gather_dict(mine)
+        best = min(candidates, key=lambda block: (damages[block], block))
+        removed.add(best)
+        steps.append(IterativeStep(best, runs_to_spans(removed), damages[best]))
+        log.info("iterative selection: block %d → spans %s, output damage %.4g", best, steps[-1].spans,
+                 damages[best])
         bar.update()
     bar.close()
     return steps

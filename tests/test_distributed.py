@@ -70,6 +70,35 @@ def _compression(model) -> fxapprox.CompressionResult:
                              progress=False)
 
 
+COMPOUNDING = {"sequential": dict(spans=[(-1, 0), (1, 3)], refit="sequential"),
+               "iterative": dict(num_blocks=3, selection="iterative")}
+
+
+def _counted(name: str, model) -> tuple[fxapprox.CompressionResult, dict[str, int]]:
+    """`compress` with the `COMPOUNDING[name]` options → result, and the samples this process ran through
+    the calibration interpreters and the candidate runners (the work the ranks split)."""
+    from fxapprox.calibrate import CalibrationInterpreter
+    from fxapprox.sequential import ReplacedRunner
+
+    counts = {"calibration": 0, "candidates": 0}
+    calibrate_batch, candidate_batch = CalibrationInterpreter.observe_batch, ReplacedRunner.features
+
+    def calibration(self, inputs):
+        counts["calibration"] += inputs.batch_size
+        return calibrate_batch(self, inputs)
+
+    def candidates(self, inputs):
+        counts["candidates"] += inputs.batch_size
+        return candidate_batch(self, inputs)
+
+    CalibrationInterpreter.observe_batch, ReplacedRunner.features = calibration, candidates
+    try:
+        res = fxapprox.compress(model, _batches(), num_samples=NUM_SAMPLES, progress=False, **COMPOUNDING[name])
+    finally:
+        CalibrationInterpreter.observe_batch, ReplacedRunner.features = calibrate_batch, candidate_batch
+    return res, counts
+
+
 # --- the spawned workers -------------------------------------------------------------------------
 
 def _join(rank: int, port: int) -> None:
@@ -92,6 +121,10 @@ def _same_work(rank: int, port: int, out: str) -> None:
     res.save(out / f"plan{rank}")
     save_file({k: v.contiguous() for k, v in res.plan.weights.items()}, str(out / f"weights{rank}.safetensors"))
     (out / f"spans{rank}.json").write_text(json.dumps(res.spans))
+    for name in COMPOUNDING:
+        res, counts = _counted(name, model)
+        save_file({k: v.contiguous() for k, v in res.plan.weights.items()}, str(out / f"{name}{rank}.safetensors"))
+        (out / f"{name}{rank}.json").write_text(json.dumps({"spans": res.spans, "counts": counts}))
     dist.destroy_process_group()
     os._exit(0)  # skip teardown: gloo threads can abort it ("terminate called without an active exception")
 
@@ -190,6 +223,34 @@ def test_scores_and_plan_equal_one_process(same_work, one_thread):
         weights = load_file(str(same_work / f"weights{rank}.safetensors"))
         for key, ref in ref_res.plan.weights.items():
             assert _relative(weights[key], ref) <= 1e-9, key
+
+
+@pytest.mark.parametrize("name", list(COMPOUNDING))
+def test_sequential_refit_and_iterative_selection_split_and_equal_one_process(same_work, one_thread, name):
+    """The refit passes split the calibration batches, the greedy steps split the candidate blocks: the
+    ranks together run what one process runs (plus the reference features each rank computes once),
+    and every rank gets the single-process plan. A refitted span's map is fitted on the model with the
+    earlier maps inserted in float32: a float64 difference of 1e-16 in an earlier map (the moments are
+    summed in another order) can round one of its float32 weights the other way (6e-8 relative), so
+    later maps agree to 1e-5 rather than 1e-9."""
+    ref_res, ref_counts = _counted(name, tiny_net(KINDS))
+    first = f"span.{ref_res.spans[0][0]}.{ref_res.spans[0][1]}."
+    seen = [json.loads((same_work / f"{name}{rank}.json").read_text()) for rank in range(WORLD)]
+    for rank in range(WORLD):
+        assert seen[rank]["spans"] == [list(s) for s in ref_res.spans]
+        weights = load_file(str(same_work / f"{name}{rank}.safetensors"))
+        assert weights.keys() == ref_res.plan.weights.keys()
+        for key, ref in ref_res.plan.weights.items():
+            exact = name == "iterative" or key.startswith(first)
+            assert _relative(weights[key], ref) <= (1e-9 if exact else 1e-5), key
+    counts = [s["counts"] for s in seen]
+    assert sum(c["calibration"] for c in counts) == ref_counts["calibration"]
+    assert all(c["calibration"] < ref_counts["calibration"] for c in counts)
+    if name == "iterative":
+        reference_features = _batches()[0].shape[0]  # every rank scores the unreplaced model once
+        assert sum(c["candidates"] - reference_features for c in counts) == \
+            ref_counts["candidates"] - reference_features
+        assert all(c["candidates"] < ref_counts["candidates"] for c in counts)
 
 
 def test_rank_zero_alone_writes(same_work):
