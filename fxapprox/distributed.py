@@ -4,7 +4,8 @@ Every rank iterates the same loader. `shard_batches` cuts the global batch strea
 `num_samples` samples (as one process does: the straddling batch is cut) and hands global batch i
 to rank `i mod world`; `reduce_moments` sums the float64 moments of all ranks with `all_reduce`,
 so every rank fits and scores from the same totals and gets the same plan. `share` splits a list
-of work items (spans) across ranks and `gather_dict` joins the per-rank results.
+of work items (spans) across ranks and `gather_dict` joins the per-rank results; `on_main` runs
+what the others must not disturb or repeat (a latency measurement, a file) on rank 0 alone.
 
 Errors are collective: code wrapped in `lockstep()` that fails on one rank makes every rank raise
 the same typed error at its next `check()` (each collective here starts with one, and
@@ -20,7 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -35,7 +36,7 @@ from fxapprox.inputs import ModelInputs
 from fxapprox.stats import BoundaryMoments, FoldedMoments
 
 __all__ = ["is_distributed", "rank", "world_size", "is_main", "init_from_env", "close", "lockstep", "check",
-           "shard_batches", "reduce_moments", "share", "gather_dict", "check_same", "model_facts"]
+           "shard_batches", "reduce_moments", "share", "gather_dict", "on_main", "check_same", "model_facts"]
 
 T = TypeVar("T")
 _COLLECTIVE = "_fxapprox_collective"  # marks an exception every rank already knows about
@@ -219,6 +220,15 @@ def gather_dict(local: dict[Any, Any]) -> dict[Any, Any]:
     for part in _gather_object(local):
         merged.update(part)
     return merged
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """`fn()` on rank 0 alone (the others wait), its result (picklable) on every rank; failures are collective."""
+    if not is_distributed():
+        return fn()
+    with lockstep():
+        mine = {0: fn()} if is_main() else {}
+    return gather_dict(mine)[0]
 
 
 # --- consistency ------------------------------------------------------------------------------------

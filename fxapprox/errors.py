@@ -155,5 +155,9 @@ class RankMismatchError(DistributedError):
     """The ranks of a process group disagree on the model, the arguments or the boundary widths."""
 
 
+class SingleProcessCommandError(DistributedError):
+    """A command that runs in one process was started in a process group of several (e.g. by torchrun)."""
+
+
 class OutputExistsError(FxApproxError, FileExistsError):
     """An output directory already holds files and overwriting them was not allowed."""

@@ -154,6 +154,52 @@ def _failures(rank: int, port: int, out: str) -> None:
     os._exit(0)  # skip teardown: gloo threads can abort it ("terminate called without an active exception")
 
 
+def _tiny_frontier() -> tuple[dict, dict[str, int]]:
+    """A small frontier of a tiny ViT → its `--json` view, and what this process did: `on_progress` calls,
+    feature rows extracted, plans exported and timed."""
+    from test_selection_eval import _image_dataset
+
+    import fxapprox.study.evaluate as evaluate
+    import fxapprox.study.frontier as frontier
+    from fxapprox.study.data import ImagePreprocessor
+
+    model, _, _ = hf_family("vit")
+    cfg = frontier.FrontierConfig(methods=("shortgpt", "blockpruner", "fxapprox"), max_blocks=2, samples=24,
+                                  paper_samples=8, output_samples=8, train_samples=None, test_samples=None, size=32,
+                                  batch_size=8, epochs=2, retrain=False, bench_iters=2, bench_warmup=1,
+                                  bench_example=2, check_parity=False, bootstrap=20)
+    done = {"progress": 0, "feature rows": 0, "timed": 0}
+    extract, speed = evaluate.extract_features, frontier._speed
+
+    def counted_extract(*args, **kwargs):
+        feats, labels = extract(*args, **kwargs)
+        done["feature rows"] += len(feats)
+        return feats, labels
+
+    def counted_speed(*args, **kwargs):
+        done["timed"] += 1
+        return speed(*args, **kwargs)
+
+    def on_progress(_):
+        done["progress"] += 1
+
+    evaluate.extract_features, frontier._speed = counted_extract, counted_speed
+    try:
+        result = frontier.frontier(model, "tiny-vit", _image_dataset(), cfg, preprocessor=ImagePreprocessor(32),
+                                   on_progress=on_progress)
+    finally:
+        evaluate.extract_features, frontier._speed = extract, speed
+    return frontier.json_view(result), done
+
+
+def _frontier_work(rank: int, port: int, out: str) -> None:
+    _join(rank, port)
+    view, done = _tiny_frontier()
+    (Path(out) / f"frontier{rank}.json").write_text(json.dumps({"view": view, "done": done}))
+    dist.destroy_process_group()
+    os._exit(0)  # skip teardown: gloo threads can abort it ("terminate called without an active exception")
+
+
 def _spawn(worker, out: Path, timeout: float = 90.0) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -251,6 +297,43 @@ def test_sequential_refit_and_iterative_selection_split_and_equal_one_process(sa
         assert sum(c["candidates"] - reference_features for c in counts) == \
             ref_counts["candidates"] - reference_features
         assert all(c["candidates"] < ref_counts["candidates"] for c in counts)
+
+
+@pytest.mark.slow
+def test_frontier_splits_features_times_on_rank_zero_and_equals_one_process(tmp_path, one_thread):
+    _spawn(_frontier_work, tmp_path, timeout=300.0)
+    ref, ref_done = _tiny_frontier()
+    seen = [json.loads((tmp_path / f"frontier{rank}.json").read_text()) for rank in range(WORLD)]
+    quality = ("flops_removed", "params_removed", "agreement", "accuracy", "cosine")
+    speed = ("speedup_b1", "speedup_b32", "flop_speedup")
+    for rank, got in enumerate(seen):
+        assert got["view"]["budgets"] == ref["budgets"] and got["view"]["methods"].keys() == ref["methods"].keys()
+        assert got["view"]["original"]["accuracy"] == ref["original"]["accuracy"]
+        for method, rows in ref["methods"].items():
+            for row, ref_row in zip(got["view"]["methods"][method], rows, strict=True):
+                assert row["spans"] == ref_row["spans"], (rank, method)
+                for key in quality:
+                    assert row[key] == pytest.approx(ref_row[key], rel=1e-6, abs=1e-9), (rank, method, key)
+    for method, rows in seen[0]["view"]["methods"].items():  # timed once, on rank 0: every rank has its figures
+        timed = [[r[key] for key in speed] for r in rows]
+        assert timed == [[r[key] for key in speed] for r in seen[1]["view"]["methods"][method]]
+    done = [got["done"] for got in seen]
+    assert done[0]["progress"] == ref_done["progress"] > 0 and done[1]["progress"] == 0
+    assert done[0]["timed"] == ref_done["timed"] > 0 and done[1]["timed"] == 0
+    assert sum(d["feature rows"] for d in done) == ref_done["feature rows"]
+    assert all(0 < d["feature rows"] < ref_done["feature rows"] for d in done)
+
+
+def test_single_process_commands_refuse_a_process_group(monkeypatch, capsys):
+    from fxapprox.cli import main
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    assert main(["bench", "no-such-model.onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fxapprox bench: error: `fxapprox bench` runs in one process, but it was started as 2")
+    assert "\n" not in err and "analyze, compress, frontier" in err
 
 
 def test_rank_zero_alone_writes(same_work):

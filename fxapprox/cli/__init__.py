@@ -1,8 +1,9 @@
 """Command line `fxapprox SUBCOMMAND ...` → the library calls; one module per subcommand.
 
 Each subcommand module defines `add_parser(subparsers)` (which registers the parser and sets
-`func`) and is listed in `_SUBCOMMANDS`. A bad input ends in one line on stderr and exit code 2,
-never a traceback; `--debug` (or `FXAPPROX_DEBUG=1`) shows the traceback instead.
+`func`) and is listed in `_SUBCOMMANDS`; under `torchrun` only those in `_MULTI_PROCESS` run. A
+bad input ends in one line on stderr and exit code 2, never a traceback; `--debug` (or
+`FXAPPROX_DEBUG=1`) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import re
 import sys
 
 from fxapprox import distributed
-from fxapprox.errors import FxApproxError
+from fxapprox.errors import FxApproxError, SingleProcessCommandError
 
 __all__ = ["main", "build_parser", "USER_ERRORS", "DEBUG_ENV"]
 
 _SUBCOMMANDS = ["analyze", "compress", "eval", "export", "bench", "demo", "select-eval", "frontier"]
+# the subcommands that split their work over the ranks of a process group (torchrun); the others refuse one
+_MULTI_PROCESS = ("analyze", "compress", "frontier")
 DEBUG_ENV = "FXAPPROX_DEBUG"
 # errors a user's input causes (typed fxapprox errors, refusals to overwrite, missing or unreadable
 # files); anything else is a bug and keeps its traceback
@@ -83,6 +86,15 @@ def _join_dash_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _run(args: argparse.Namespace) -> int:
+    """The subcommand, refused in a process group of several ranks unless it splits its work there."""
+    if distributed.is_distributed() and args.command not in _MULTI_PROCESS:
+        raise SingleProcessCommandError(
+            f"`fxapprox {args.command}` runs in one process, but it was started as {distributed.world_size()} "
+            f"(torchrun?): run it without torchrun (only {', '.join(_MULTI_PROCESS)} split their work over ranks)")
+    return int(args.func(args) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv`, run the subcommand; a bad input → one line on stderr, exit 2."""
     args = build_parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else list(argv)))
@@ -92,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
-            return int(args.func(args) or 0)
+            return _run(args)
         try:
-            return int(args.func(args) or 0)
+            return _run(args)
         except USER_ERRORS as err:
             message = " ".join(str(err).split()) or type(err).__name__
             if distributed.is_main():

@@ -21,7 +21,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "then every plan measured the same way: FLOPs and parameters removed, onnxruntime latency at batch 1 "
         "and 32 interleaved with the original, agreement with the original's predictions under its frozen "
         "probe (bootstrap interval), accuracy ± SE, final-feature cosine. Writes frontier.{md,json,png} into "
-        "--out after every plan.",
+        "--out after every plan. Under torchrun the ranks split the calibrations and the feature extraction; "
+        "rank 0 alone exports, times and writes.",
     )
     p.add_argument("model", help="built-in model name (dinov2-small, minilm-l6), Hugging Face directory or hub id")
     p.add_argument("--data", required=True, help="built-in dataset name (mnist-5k, fashion-mnist, rotten-tomatoes) "
@@ -79,6 +80,7 @@ def _methods(text: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from fxapprox import distributed
     from fxapprox.study import assets
     from fxapprox.study.frontier import config_for, frontier, write_report
 
@@ -92,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     result = frontier(model, args.model, assets.load_dataset(args.data), cfg,
                       on_progress=lambda partial: write_report(partial, out, args.json),
                       workdir=out / "onnx" if args.keep_onnx else None)
+    if not distributed.is_main():  # under torchrun rank 0 alone writes and prints
+        return 0
     write_report(result, out, args.json)
     print((out / "frontier.md").read_text())
     print(f"report written to {out.resolve()}")

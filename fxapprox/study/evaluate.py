@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from fxapprox import distributed
 from fxapprox.features import last_hidden_state, pool_features
 from fxapprox.inputs import as_model_inputs, token_mask
 from fxapprox.prepare import model_device
@@ -125,7 +126,7 @@ def extract_features(model: torch.nn.Module, loader: Iterable[Any], *, pooling: 
     was_training = _set_training(model, False)
     feats, labels = [], []
     try:
-        for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not distributed.is_main()):
             if isinstance(batch, Mapping) and "labels" in batch:
                 labels.append(torch.as_tensor(batch["labels"]).cpu())
             inputs = as_model_inputs(batch).to(device)

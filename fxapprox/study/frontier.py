@@ -17,6 +17,12 @@ Identical plans (two methods, or two budgets, choosing the same spans) are measu
 result is a JSON-ready dict; `write_report` renders it as JSON, a markdown table and a Pareto
 plot (agreement vs measured speed-up, one line per method, interval bars), and `frontier(...,
 on_progress=...)` hands the result over after every stage so an interrupted run keeps its rows.
+
+Under a process group (`torchrun`) every rank runs `frontier` with the same arguments: the
+calibrations and the greedy selection split as in `fxapprox.compress`, each rank extracts the
+features of its share of the probe and test batches (all ranks get all of them, in order), and
+rank 0 alone exports and times (so no other rank disturbs the timing) and calls `on_progress`.
+Every rank returns the same result.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any
 
 import torch
 
+from fxapprox import distributed
 from fxapprox.errors import FoldError
 from fxapprox.study.damage import measure_damage, probe_accuracy
 from fxapprox.study.field_methods import METHODS, MethodPlan, block_budgets, missing_api, pruning_order, rule_plan
@@ -160,6 +167,23 @@ def _speed(original: _Original, result: Any, model: torch.nn.Module, example: An
     return out
 
 
+def _split_features(module: torch.nn.Module, batches: list[Any], desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final features and labels of `batches`, in order: each rank extracts its share, every rank gets all."""
+    from fxapprox.inputs import as_model_inputs
+    from fxapprox.study.evaluate import extract_features
+
+    mine = distributed.share(list(range(len(batches))))
+    parts = {}
+    with distributed.lockstep():
+        if mine:
+            feats, labels = extract_features(module, [batches[i] for i in mine], desc=desc)
+            sizes = [as_model_inputs(batches[i]).batch_size for i in mine]
+            parts = dict(zip(mine, zip(feats.split(sizes), labels.split(sizes))))
+    everything = distributed.gather_dict(parts)
+    joined = [everything[i] for i in range(len(batches))]
+    return torch.cat([feats for feats, _ in joined]), torch.cat([labels for _, labels in joined])
+
+
 def _plan_key(result: Any, kwargs: dict[str, Any]) -> str:
     """What makes two compressions the same model: the plan's spans and the options beyond them."""
     spans = [{k: v for k, v in asdict(sp).items() if k != "residual"} for sp in result.plan.spans]
@@ -176,10 +200,11 @@ def frontier(model: torch.nn.Module, model_name: str, dataset: Any, cfg: Frontie
     `preprocessor` (see `fxapprox.study.data.make_preprocessor`), by default the one `model_name`
     implies. `on_progress(result)` is called after the setup and after every plan. ONNX files go to
     `workdir` (default: a temporary directory); each plan's file is deleted once it is timed.
+    Under a process group: see the module's docstring (`on_progress` is called on rank 0 alone).
     """
     import fxapprox
     from fxapprox.study import data
-    from fxapprox.study.evaluate import extract_features, train_probe
+    from fxapprox.study.evaluate import train_probe
 
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
@@ -192,7 +217,7 @@ def frontier(model: torch.nn.Module, model_name: str, dataset: Any, cfg: Frontie
                                      size=cfg.size, seed=seed, with_labels=labels))
 
     def report():
-        if on_progress is not None:
+        if on_progress is not None and distributed.is_main():
             on_progress(result)
 
     started = time.perf_counter()
@@ -205,8 +230,8 @@ def frontier(model: torch.nn.Module, model_name: str, dataset: Any, cfg: Frontie
     train = loader("train", cfg.train_samples, seed=2, labels=True)
     test = loader("test", cfg.test_samples, seed=3, labels=True)
     example = loader("test", cfg.bench_example, seed=4, batch_size=cfg.bench_example)[0]
-    train_x, train_y = extract_features(model, train, desc="train features")
-    test_x, test_y = extract_features(model, test, desc="test features")
+    train_x, train_y = _split_features(model, train, desc="train features")
+    test_x, test_y = _split_features(model, test, desc="test features")
     probe = train_probe(train_x, train_y, num_classes=int(max(train_y.max(), test_y.max())) + 1, seed=cfg.seed,
                         epochs=cfg.epochs)
     with torch.no_grad():
@@ -219,7 +244,10 @@ def frontier(model: torch.nn.Module, model_name: str, dataset: Any, cfg: Frontie
     workdir.mkdir(parents=True, exist_ok=True)
     from fxapprox.export import to_onnx
 
-    to_onnx(model, example, workdir / "original.onnx", validate=cfg.check_parity)
+    def export_original() -> None:
+        to_onnx(model, example, workdir / "original.onnx", validate=cfg.check_parity)
+
+    distributed.on_main(export_original)
     original = _Original(train_x if cfg.retrain else None, test_x, train_y, test_y, probe, predictions,
                          workdir / "original.onnx")
     acc = probe_accuracy(predictions.unsqueeze(0), test_y, [cfg.seed], len(train_y))
@@ -252,9 +280,9 @@ def frontier(model: torch.nn.Module, model_name: str, dataset: Any, cfg: Frontie
                 plan = rule_plan(method, budget, paper=paper, scores=scores, order=order)
                 row = _measure_plan(plan, model, calib, cfg, original, example, workdir, measured,
                                     features=lambda module: (
-                                        extract_features(module, train, desc="train features")[0]
+                                        _split_features(module, train, desc="train features")[0]
                                         if cfg.retrain else None,
-                                        extract_features(module, test, desc="test features")[0]))
+                                        _split_features(module, test, desc="test features")[0]))
                 result["methods"][method].append(row)
                 result["original"].update(original.extra)
                 result["timings_s"][f"{method}@{budget:.3f}"] = round(time.perf_counter() - t, 1)
@@ -284,7 +312,8 @@ def _measure_plan(plan: MethodPlan, model: torch.nn.Module, calib: Any, cfg: Fro
     key = _plan_key(res, plan.compress_kwargs)
     if key not in measured:
         train, test = features(res.module)
-        measured[key] = {**_quality(original, train, test, cfg), **_speed(original, res, model, example, cfg, workdir)}
+        speed = distributed.on_main(lambda: _speed(original, res, model, example, cfg, workdir))
+        measured[key] = {**_quality(original, train, test, cfg), **speed}
     kwargs = {k: v for k, v in plan.compress_kwargs.items() if k != "spans"}
     return {"budget": plan.budget, **measured[key], "spans": [list(sp) for sp in res.spans],
             "units": plan.compress_kwargs.get("units", "block"),
