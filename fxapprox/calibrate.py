@@ -83,6 +83,8 @@ def token_rows(h: torch.Tensor, mask: torch.Tensor | None, tokens: Tokens = "all
     h = h.reshape(h.shape[0], -1, h.shape[-1]) if h.ndim > 3 else h
     if mask is not None and tuple(mask.shape) != tuple(h.shape[:2]):
         mask = None
+    elif mask is not None:
+        mask = mask.to(h.device)  # a block dispatched to another device than the inputs (accelerate device_map)
     if tokens == "cls":
         return h[:, 0]
     if tokens == "mean":

@@ -9,15 +9,34 @@ float64 or (`product_dtype=None`) the activations' dtype, always accumulated in 
 Row-wise cosines between equal-width boundaries (which `ZᵀZ` cannot give: they need each row's
 norm) are summed alongside, for the `cosine` and `angular` scores.
 Memory is `O((Σ d)²)` whatever the number of samples; no activation outlives its batch.
+
+Blocks dispatched across devices (an accelerate `device_map`): the triangle is stored as one row
+block `(d_k, Σ_{j≥k} d_j)` per boundary k, on the device where boundary k's rows arrive; each
+device builds once per batch the concatenation of its first boundary and every later one
+(`device_starts`) and updates its row blocks from it. The small totals (`sums`, cosine and angle
+sums) live on the first boundary's device, where every read (`cross`, `sum`, `gram`) returns.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
-__all__ = ["BoundaryMoments", "FoldedMoments"]
+__all__ = ["BoundaryMoments", "FoldedMoments", "device_starts"]
+
+
+def device_starts(devices: Sequence[torch.device]) -> dict[torch.device, int]:
+    """Boundary devices in watched order → each distinct device's first position.
+
+    The device holding position `p`'s row block builds its concatenation from its first position
+    onwards, so it can update every row block it holds (`[cuda:0, cpu, cuda:0]` → `{cuda:0: 0, cpu: 1}`).
+    """
+    starts: dict[torch.device, int] = {}
+    for pos, device in enumerate(devices):
+        starts.setdefault(torch.device(device), pos)
+    return starts
 
 
 class BoundaryMoments:
@@ -27,13 +46,16 @@ class BoundaryMoments:
     `sum(k) = Σ_rows h_k`; for equal widths `cos_sums[i, j] = Σ_rows cos(h_a, h_b)` and
     `angle_sums[i, j] = Σ_rows arccos(cos(h_a, h_b)) / π` (`i, j` positions in `indices`, NaN
     where the widths differ).
+    `devices[k]` is where boundary k's row block of the upper triangle lives (its rows' device in
+    the first batch); `sums`, `cos_sums`, `angle_sums` and every read are on the first boundary's.
     """
 
     def __init__(self, indices: list[int], *, product_dtype: torch.dtype | None = torch.float64):
         self.indices = sorted(set(indices))
         self.product_dtype = product_dtype
         self.dims: dict[int, int] = {}
-        self._upper: torch.Tensor | None = None
+        self.devices: dict[int, torch.device] = {}
+        self._rows: list[torch.Tensor] = []  # position p: (d_p, Σ_{j≥p} d_j) on devices[indices[p]]
         self.sums: torch.Tensor | None = None
         self.cos_sums: torch.Tensor | None = None
         self.angle_sums: torch.Tensor | None = None
@@ -65,12 +87,18 @@ class BoundaryMoments:
             groups.setdefault(self.dims[k], []).append(pos)
         return list(groups.values())
 
-    def allocate(self, dims: dict[int, int], device: torch.device) -> None:
-        """Zero totals for boundaries of widths `dims` on `device` (the first batch does this)."""
+    def allocate(self, dims: dict[int, int], device: torch.device | dict[int, torch.device]) -> None:
+        """Zero totals for boundaries of widths `dims` on `device` (one for all, or one per boundary:
+        the first batch does this with each boundary's rows' device)."""
         self.dims = dict(dims)
+        self.devices = {k: torch.device(device[k] if isinstance(device, dict) else device) for k in self.indices}
         n, width = len(self.indices), sum(self.dims.values())
-        self._upper = torch.zeros(width, width, dtype=torch.float64, device=device)
-        self.sums = torch.zeros(width, dtype=torch.float64, device=device)
+        self._rows = []
+        for k in self.indices:
+            self._rows.append(torch.zeros(self.dims[k], width, dtype=torch.float64, device=self.devices[k]))
+            width -= self.dims[k]
+        device = self.devices[self.indices[0]]
+        self.sums = torch.zeros(sum(self.dims.values()), dtype=torch.float64, device=device)
         self.cos_sums = torch.full((n, n), math.nan, dtype=torch.float64, device=device)
         self.angle_sums = torch.full((n, n), math.nan, dtype=torch.float64, device=device)
         for group in self._width_groups():
@@ -86,34 +114,43 @@ class BoundaryMoments:
         mean, which keeps their rounding at the scale of the centred values; the shift is added
         back in float64 and every total accumulates in float64.
         """
-        # blocks dispatched across devices (accelerate device_map): the totals live on the first boundary's device
-        device = self.sums.device if self.sums is not None else features[self.indices[0]].device
-        rows = [features[k].reshape(-1, features[k].shape[-1]).to(device) for k in self.indices]
-        z = torch.cat(rows, dim=1)
-        if self.product_dtype is not None:
-            z = z.to(self.product_dtype)
-        elif z.dtype != torch.float64:
-            z = z.to(torch.float32)
-        if self._upper is None:
-            self.allocate({k: r.shape[-1] for k, r in zip(self.indices, rows)}, z.device)
+        rows = [features[k].reshape(-1, features[k].shape[-1]) for k in self.indices]
+        if self.sums is None:
+            self.allocate({k: r.shape[-1] for k, r in zip(self.indices, rows)},
+                          {k: r.device for k, r in zip(self.indices, rows)})
+        placed = [self.devices[k] for k in self.indices]
+        for device, first in device_starts(placed).items():  # the first boundary's device first: first == 0
+            z = torch.cat([r.to(device) for r in rows[first:]], dim=1)
+            if self.product_dtype is not None:
+                z = z.to(self.product_dtype)
+            elif z.dtype != torch.float64:
+                z = z.to(torch.float32)
+            self._add_rows(z, first, device)
+        self.rows += rows[0].shape[0]
+        self.samples += samples
+
+    def _add_rows(self, z: torch.Tensor, first: int, device: torch.device) -> None:
+        """Add `z` (the boundaries from position `first` on, side by side, on `device`) to the row blocks
+        on `device`; from position 0 also to the sums and cosines."""
         n = z.shape[0]
-        self._add_cosines(z)
+        if first == 0:
+            self._add_cosines(z)
         shift = z.mean(dim=0)
         zc = z.sub_(shift)  # z is this batch's own copy (cat / to)
         mu = shift.to(torch.float64)
         zc_sum = zc.sum(dim=0, dtype=torch.float64)
-        self.sums += zc_sum + n * mu
+        if first == 0:
+            self.sums += zc_sum + n * mu
         # Σ z zᵀ = Σ zc zcᵀ + μ aᵀ + a μᵀ with a = Σ zc + (n/2) μ (μ the shift as rounded).
         a = zc_sum + 0.5 * n * mu
         left, right = torch.stack([mu, a], dim=1), torch.stack([a, mu], dim=0)
         start = 0
-        for k in self.indices:
-            end = start + self.dims[k]
-            self._upper[start:end, start:] += zc[:, start:end].T @ zc[:, start:]
-            self._upper[start:end, start:].addmm_(left[start:end], right[:, start:])
+        for pos in range(first, len(self.indices)):
+            end = start + self.dims[self.indices[pos]]
+            if self.devices[self.indices[pos]] == device:
+                self._rows[pos] += zc[:, start:end].T @ zc[:, start:]
+                self._rows[pos].addmm_(left[start:end], right[:, start:])
             start = end
-        self.rows += n
-        self.samples += samples
 
     def _add_cosines(self, z: torch.Tensor) -> None:
         """Row-wise cosines of every equal-width pair, summed into `cos_sums` / `angle_sums`.
@@ -140,31 +177,36 @@ class BoundaryMoments:
         """Add the moments of `other` (same boundaries), e.g. from another process."""
         if other.indices != self.indices or other.dims != self.dims:
             raise ValueError("cannot merge moments of different boundaries")
-        self._upper += other._upper
-        self.sums += other.sums
-        self.cos_sums += other.cos_sums
-        self.angle_sums += other.angle_sums
+        for mine, theirs in zip(self._rows, other._rows):
+            mine += theirs.to(mine.device)
+        self.sums += other.sums.to(self.sums.device)
+        self.cos_sums += other.cos_sums.to(self.cos_sums.device)
+        self.angle_sums += other.angle_sums.to(self.angle_sums.device)
         self.rows += other.rows
         self.samples += other.samples
 
     def totals(self) -> list[torch.Tensor]:
-        """The float64 accumulators (`ZᵀZ` upper triangle, sums, cosine and angle sums), e.g. to sum
-        them in place across processes."""
-        return [self._upper, self.sums, self.cos_sums, self.angle_sums]
+        """The float64 accumulators (the row blocks of the `ZᵀZ` upper triangle, sums, cosine and angle
+        sums), e.g. to sum them in place across processes."""
+        return [*self._rows, self.sums, self.cos_sums, self.angle_sums]
 
     @property
     def gram(self) -> torch.Tensor | None:
-        """The full symmetric `ZᵀZ` (materialised from the stored upper block triangle)."""
-        if self._upper is None:
+        """The full symmetric `ZᵀZ` (materialised from the stored row blocks on the first boundary's device)."""
+        if self.sums is None:
             return None
-        upper = torch.triu(self._upper)
-        return upper + torch.triu(self._upper, diagonal=1).T
+        width = self.sums.shape[0]
+        upper = torch.zeros(width, width, dtype=torch.float64, device=self.sums.device)
+        for k, block in zip(self.indices, self._rows):
+            upper[self._offsets(k), self._start(k):] = block
+        return torch.triu(upper) + torch.triu(upper, diagonal=1).T
 
     def cross(self, a: int, b: int) -> torch.Tensor:
-        """`H_aᵀ H_b` summed over all rows, `(d_a, d_b)`."""
+        """`H_aᵀ H_b` summed over all rows, `(d_a, d_b)`, on the first boundary's device."""
         if self._start(a) > self._start(b):
-            return self._upper[self._offsets(b), self._offsets(a)].T
-        return self._upper[self._offsets(a), self._offsets(b)]
+            return self.cross(b, a).T
+        start = self._start(b) - self._start(a)
+        return self._rows[self._position(a)][:, start:start + self.dims[b]].to(self.sums.device)
 
     def sum(self, k: int) -> torch.Tensor:
         """`Σ_rows H_k`, `(d_k,)`."""
@@ -185,12 +227,12 @@ class BoundaryMoments:
     @classmethod
     def sum_of(cls, parts: list[BoundaryMoments]) -> BoundaryMoments:
         """New moments holding the sum of `parts` (same boundaries; parts that saw no batch are skipped)."""
-        seen = [p for p in parts if p._upper is not None]
+        seen = [p for p in parts if p.sums is not None]
         total = cls(parts[0].indices, product_dtype=parts[0].product_dtype)
         if not seen:
             return total
-        total.dims = dict(seen[0].dims)
-        total._upper = seen[0]._upper.clone()
+        total.dims, total.devices = dict(seen[0].dims), dict(seen[0].devices)
+        total._rows = [block.clone() for block in seen[0]._rows]
         total.sums = seen[0].sums.clone()
         total.cos_sums, total.angle_sums = seen[0].cos_sums.clone(), seen[0].angle_sums.clone()
         total.rows, total.samples = seen[0].rows, seen[0].samples
