@@ -77,6 +77,19 @@ def test_compress_checks_its_output_directory_before_any_work(tmp_path):  # item
     assert (tmp_path / "out" / "notes.txt").read_text() == "keep me"
 
 
+def test_frontier_keeps_an_earlier_report_unless_told(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "frontier.md").write_text("an earlier run")
+    line = _error_line(_fxapprox("frontier", "no-such-model", "--data", "mnist-5k", "--out", "out", cwd=tmp_path),
+                       "frontier")
+    assert "out already holds files; choose another --out or pass --overwrite" in line
+    assert (tmp_path / "out" / "frontier.md").read_text() == "an earlier run"
+    # with --overwrite the check lets it through: the next answer is about the model
+    line = _error_line(_fxapprox("frontier", "no-such-model", "--data", "mnist-5k", "--out", "out", "--overwrite",
+                                 cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"}), "frontier")
+    assert "'no-such-model' is not a built-in name" in line
+
+
 @pytest.mark.parametrize("command", ["export", "bench"])
 def test_export_and_bench_say_what_they_expected(tmp_path, command):  # item 5
     (tmp_path / "somedir").mkdir()

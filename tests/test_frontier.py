@@ -13,7 +13,6 @@ from fxapprox.study.field_methods import (
     block_budgets,
     block_influence,
     fxapprox_plan,
-    missing_api,
     papers_plan,
     pruning_order,
     replaceme_plan,
@@ -107,8 +106,9 @@ def test_blockpruner_removes_the_unit_that_does_nothing_first():
 
 def test_replaceme_folds_its_map():
     an = _analysis((), num_samples=32, tokens="all")
-    assert missing_api("blockpruner") == [] and missing_api("papers") == []
     assert rule_plan("replaceme", 0.2, paper=an, scores=an).compress_kwargs["fold"]
+    with pytest.raises(ValueError, match="not one of"):
+        rule_plan("sleb", 0.2, paper=an, scores=an)
 
 
 def test_bootstrap_interval_of_a_mean():
@@ -156,7 +156,6 @@ def test_frontier_end_to_end_writes_every_stage(tmp_path):
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"frontier.json", "frontier.md", "frontier.png"}
     view = json.loads((tmp_path / "view.json").read_text())
     assert 0 <= view["original"]["accuracy"] <= 1 and set(view["methods"]) == set(methods)
-    assert view["unavailable"] == {}  # every method ran, BlockPruner on half units
     keys = {"budget", "flops_removed", "params_removed", "speedup_b1", "speedup_b32", "agreement", "agreement_ci",
             "accuracy", "accuracy_se", "spans"}
     for method, rows in view["methods"].items():

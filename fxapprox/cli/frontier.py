@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fxapprox.cli.common import nonnegative_int, positive_int
+from fxapprox.cli.common import check_out_dir, nonnegative_int, positive_int
 
 __all__ = ["add_parser", "run"]
 
@@ -50,6 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="also retrain a probe per plan and seed (the papers' protocol; default on, off with --quick)")
     p.add_argument("--bench-iters", type=positive_int, default=None,
                    help="timed runs per batch size and model")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing a report there")
     p.add_argument("--keep-onnx", action="store_true", help="keep original.onnx in --out (plans' files are "
                    "always deleted once timed)")
     p.set_defaults(func=run)
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from fxapprox.study import assets
     from fxapprox.study.frontier import config_for, frontier, write_report
 
+    check_out_dir(args.out, args.overwrite)
     cfg = config_for(args.quick, budgets=args.budgets, methods=args.methods, samples=args.samples,
                      train_samples=args.train, test_samples=args.test, size=args.size, retrain=args.retrain,
                      bench_iters=args.bench_iters)

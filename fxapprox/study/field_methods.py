@@ -22,17 +22,12 @@ graph machinery (no code of theirs; shared/DESIGN.md, "The field's rules"):
 A budget is the fraction of the whole model's FLOPs to save, net of added maps. A method whose
 plans come in steps takes the smallest plan that saves at least the budget; when none does, its
 largest plan, marked as not reaching it. `rule_plan(method, budget, ...)` returns a `MethodPlan`:
-the keyword arguments for `fxapprox.compress` and the saving the rule predicts. Capabilities that
-`fxapprox.compress` does not offer yet (half units, folding, iterative selection: issue 13) are
-detected from its signature: `missing_api()` names them, a method that cannot run without them is
-reported unavailable, and ReplaceMe runs unfolded (noted on its plan).
+the keyword arguments for `fxapprox.compress` and the saving the rule predicts.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,17 +35,13 @@ from fxapprox.analysis import Analysis
 from fxapprox.errors import SpanError
 from fxapprox.sequential import runs_to_spans
 
-__all__ = ["METHODS", "MethodPlan", "rule_plan", "missing_api", "missing_kwargs", "block_budgets", "budget_fraction",
-           "block_influence", "PruningOrder", "pruning_order"]
+__all__ = ["METHODS", "MethodPlan", "rule_plan", "block_budgets", "budget_fraction", "block_influence",
+           "PruningOrder", "pruning_order"]
 
 Span = tuple[int, int]
 
 METHODS = ("papers", "shortgpt", "blockpruner", "replaceme", "fxapprox")
 
-# compress() keyword arguments each method needs beyond today's public API (issue 13 adds them)
-_NEEDS: dict[str, tuple[str, ...]] = {
-    "blockpruner": ("units", "selection"),
-}
 _TOLERANCE = 1e-9  # relative slack when comparing a saving with its budget
 
 
@@ -65,24 +56,6 @@ class MethodPlan:
     predicted_flops_removed: float | None
     reaches_budget: bool = True
     notes: list[str] = field(default_factory=list)
-
-
-def missing_kwargs(names: tuple[str, ...], compress: Callable[..., Any] | None = None) -> list[str]:
-    """Which of the keyword arguments `names` `compress` (default `fxapprox.compress`) does not accept."""
-    if compress is None:
-        import fxapprox
-
-        compress = fxapprox.compress
-    accepted = set(inspect.signature(compress).parameters)
-    return [name for name in names if name not in accepted]
-
-
-def missing_api(method: str, compress: Callable[..., Any] | None = None) -> list[str]:
-    """The `compress` keyword arguments `method` needs and `compress` (default `fxapprox.compress`)
-    lacks; empty when the method can run."""
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of {METHODS}")
-    return missing_kwargs(_NEEDS.get(method, ()), compress)
 
 
 def budget_fraction(an: Analysis, saving: float | None) -> float:
@@ -236,22 +209,20 @@ def blockpruner_plan(order: PruningOrder, budget: float) -> MethodPlan:
 
 
 def rule_plan(method: str, budget: float, *, paper: Analysis, scores: Analysis,
-              compress: Callable[..., Any] | None = None, order: PruningOrder | None = None) -> MethodPlan:
+              order: PruningOrder | None = None) -> MethodPlan:
     """`method`'s plan for `budget` (a fraction of the FLOPs): `paper` is the papers' analysis
     ([CLS], 50 samples), `scores` the all-token analysis with FLOP counts and the `output` score,
     `order` BlockPruner's greedy order (`pruning_order`)."""
     if not 0 < budget < 1 or math.isnan(budget):
         raise ValueError(f"budget {budget} must be a fraction of the FLOPs in (0, 1)")
-    missing = missing_api(method, compress)
-    if missing:
-        raise NotImplementedError(f"{method} needs fxapprox.compress({', '.join(f'{m}=' for m in missing)}...) "
-                                  "(issue 13: half units and iterative selection), which this version lacks")
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {METHODS}")
     if method == "papers":
         return papers_plan(paper, budget)
     if method == "shortgpt":
         return shortgpt_plan(scores, budget)
     if method == "replaceme":
-        return replaceme_plan(scores, budget, fold=not missing_kwargs(("fold",), compress))
+        return replaceme_plan(scores, budget, fold=True)
     if method == "fxapprox":
         return fxapprox_plan(scores, budget)
     if order is None:

@@ -44,7 +44,7 @@ import torch
 from fxapprox import distributed
 from fxapprox.errors import FoldError
 from fxapprox.study.damage import measure_damage, probe_accuracy
-from fxapprox.study.field_methods import METHODS, MethodPlan, block_budgets, missing_api, pruning_order, rule_plan
+from fxapprox.study.field_methods import METHODS, MethodPlan, block_budgets, pruning_order, rule_plan
 from fxapprox.study.span_features import SpanFeatures
 
 __all__ = ["FrontierConfig", "frontier", "write_report", "json_view", "to_markdown", "plot", "bootstrap_mean_ci",
@@ -251,25 +251,18 @@ def frontier(model: torch.nn.Module, model_name: str, dataset: Any, cfg: Frontie
     original = _Original(train_x if cfg.retrain else None, test_x, train_y, test_y, probe, predictions,
                          workdir / "original.onnx")
     acc = probe_accuracy(predictions.unsqueeze(0), test_y, [cfg.seed], len(train_y))
-    unavailable = {}
-    for m in cfg.methods:
-        missing = missing_api(m)
-        if missing:
-            unavailable[m] = (f"needs fxapprox.compress({', '.join(k + '=' for k in missing)}...) from issue 13 "
-                              "(half units, iterative selection), which this version lacks")
     order = None
-    if "blockpruner" in cfg.methods and "blockpruner" not in unavailable:
+    if "blockpruner" in cfg.methods:
         order = pruning_order(model, calib, num_samples=cfg.samples, max_units=2 * scores.num_blocks - 1)
     result: dict[str, Any] = {
         "model": model_name, "config": asdict(cfg), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},
-        "budgets": budgets, "num_blocks": scores.num_blocks,
+        "budgets": budgets, "num_blocks": scores.num_blocks, "images": "pixel_values" in example,
         "original": {"accuracy": acc.mean, "accuracy_se": acc.stderr, "test_samples": len(test_y),
                      "train_samples": len(train_y), "flops_per_sample": scores.total_flops,
                      "params": scores.total_params},
-        "methods": {m: [] for m in cfg.methods if m not in unavailable},
-        "unavailable": unavailable, "timings_s": {"setup": round(time.perf_counter() - started, 1)},
+        "methods": {m: [] for m in cfg.methods}, "timings_s": {"setup": round(time.perf_counter() - started, 1)},
     }
     report()
     measured: dict[str, dict[str, Any]] = {}
@@ -331,7 +324,7 @@ _LABELS = {"papers": "papers (TBA/TOAST)", "shortgpt": "ShortGPT", "blockpruner"
 def json_view(result: dict[str, Any]) -> dict[str, Any]:
     """The `--json` schema scripts read: the original's accuracy and every method's rows."""
     return {"model": result["model"], "budgets": result["budgets"], "original": result["original"],
-            "methods": result["methods"], "unavailable": result["unavailable"]}
+            "methods": result["methods"]}
 
 
 def _spans_text(row: dict[str, Any]) -> str:
@@ -346,16 +339,13 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = [f"# Quality/speed frontier: {result['model']}", "",
              f"{result['date']}, {result['machine']['platform']}, torch {result['machine']['torch']}, "
              f"{result['machine']['threads']} threads. {cfg['samples']} calibration samples; test "
-             f"{o['test_samples']} / probe train {o['train_samples']} samples; images at {cfg['size']} px.", "",
+             f"{o['test_samples']} / probe train {o['train_samples']} samples"
+             + (f"; images at {cfg['size']} px." if result.get("images", True) else "."), "",
              f"Original: accuracy {100 * o['accuracy']:.2f} ± {100 * o['accuracy_se']:.2f} % (frozen probe, seed "
              f"{cfg['seed']}), {o['params'] / 1e6:.2f} M parameters. Agreement: share of test samples on which the "
              "original's frozen probe predicts the same class from the plan's features as from the original's "
              f"(95 % bootstrap interval). Speed-up: onnxruntime median latency, original / plan, timed interleaved "
              f"({cfg['bench_iters']} runs).", ""]
-    for m, why in result["unavailable"].items():
-        lines.append(f"> **{_LABELS[m]}** not measured: {why}.")
-    if result["unavailable"]:
-        lines.append("")
     retrained = any("retrained_accuracy" in r for rows in result["methods"].values() for r in rows)
     head = ("| budget | method | spans | FLOPs removed | params removed | "
             + " | ".join(f"speed-up b{b}" for b in bs) + " | agreement | 95 % CI | accuracy ± SE (%) | cosine |"
