@@ -1,4 +1,5 @@
-"""`fxapprox compress --fold --refit sequential --prior identity --selection iterative` reach the plan."""
+"""`fxapprox compress --fold --refit sequential --prior identity --selection iterative` reach the plan, and
+`fxapprox eval --plan DIR` evaluates the plan compress saved."""
 
 from __future__ import annotations
 
@@ -32,3 +33,26 @@ def test_compress_flags_reach_the_plan(tmp_path, monkeypatch):
     assert summary["spans"][0]["s"] == 0 and summary["spans"][0]["e"] == 1  # the affine shift block
     plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
     assert plan["prior"] == "identity" and plan["refit"] == "sequential" and plan["format"] == "fxapprox-plan/2"
+
+
+def test_eval_applies_a_plan_saved_by_compress(tmp_path, capsys):
+    from cli_helpers import image_dataset_dir, vit_dir
+    from export_helpers import IMAGE
+
+    vit, images = vit_dir(tmp_path / "vit"), image_dataset_dir(tmp_path / "images", n=16)
+    common = ["--data", str(images), "--image-size", str(IMAGE), "--no-progress"]
+    plan = tmp_path / "plan"
+    assert cli.main(["compress", str(vit), *common, "--samples", "16", "--spans", "1-2", "--units", "half",
+                     "--out", str(plan), "--json", str(tmp_path / "compress.json")]) == 0
+    probe = ["--test-split", "train", "--train-samples", "16", "--test-samples", "8", "--probe-seeds", "0",
+             "--epochs", "1"]
+    assert cli.main(["eval", str(vit), *common, *probe, "--plan", str(plan),
+                     "--json", str(tmp_path / "eval.json")]) == 0
+    made, evaluated = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("compress", "eval"))
+    assert evaluated["plan"] == str(plan) and evaluated["units"] == "half" and evaluated["spans"] == [[1, 2]]
+    assert evaluated["transforms"] == ["linear"] and evaluated["transform"] is None
+    assert evaluated["params_after"] == made["params_after"] < evaluated["params_before"]
+    assert [r["name"] for r in evaluated["results"]] == ["original", "plan"]
+    assert "(plan " in capsys.readouterr().out
+    assert cli.main(["eval", str(vit), *common, *probe, "--plan", str(tmp_path / "no-plan")]) == 2
+    assert "is not an fxapprox plan directory" in capsys.readouterr().err

@@ -1,6 +1,7 @@
-"""`fxapprox eval MODEL --data DATA (--spans 9-11 | --num-blocks K)` → probe accuracy and fidelity.
+"""`fxapprox eval MODEL --data DATA (--spans 9-11 | --num-blocks K | --plan DIR)` → probe accuracy and fidelity.
 
-Compresses MODEL on a random calibration subset of DATA, then runs the papers' protocol on the
+Compresses MODEL on a random calibration subset of DATA (or applies a plan saved by `fxapprox
+compress --out DIR`, whatever its options: half units, folding, sequential refit), then runs the papers' protocol on the
 original and the compressed model: frozen features, a linear probe per seed (Adam lr 1e-3,
 batch 256, 30 epochs by default, seeds 0,1,2) → mean ± std test accuracy, plus linear CKA, mean cosine and
 prediction agreement between the original's and the compressed model's final features.
@@ -35,13 +36,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Compress MODEL (spans given or chosen) on a calibration subset of DATA's train "
         "split, then train a linear probe on frozen features of the original and the compressed "
         "model (Adam lr 1e-3, batch 256, --epochs, one probe per seed) and report test accuracy "
-        "mean ± std, linear CKA, mean cosine and prediction agreement. Without --spans or "
-        "--num-blocks only the original is evaluated.",
+        "mean ± std, linear CKA, mean cosine and prediction agreement. --plan DIR evaluates a plan saved by "
+        "`fxapprox compress --out DIR` instead. Without --spans, --num-blocks or --plan only the original is "
+        "evaluated.",
     )
     add_model_data_args(p, samples=256)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--spans", type=spans_arg, help=SPANS_HELP)
     which.add_argument("--num-blocks", type=positive_int, help="remove this many blocks, spans chosen by --metric")
+    which.add_argument("--plan", metavar="DIR", help="evaluate the plan `fxapprox compress --out DIR` saved for MODEL "
+                       "(with every compress option it was made with) instead of compressing here")
     p.add_argument("--transform", choices=("linear", "identity"), default="linear",
                    help="what replaces each span: a least-squares linear map, or nothing (identity)")
     p.add_argument("--metric", default="output", help="score that chooses spans with --num-blocks (default: output)")
@@ -68,13 +72,17 @@ def run(args: argparse.Namespace) -> int:
     model, dataset, calib = load_model_and_calibration(args)
     check_split(dataset, args.test_split, "--test-split")
     models = {"original": model}
-    compressed = None
-    if args.spans is not None or args.num_blocks is not None:
+    compressed, label = None, args.transform
+    if args.plan is not None:
+        compressed, label = fxapprox.load(model, args.plan), "plan"
+    elif args.spans is not None or args.num_blocks is not None:
         compressed = fxapprox.compress(model, calib, spans=args.spans, num_blocks=args.num_blocks,
                                        transform=args.transform, metric=args.metric,
                                        num_samples=args.samples, blocks=args.blocks,
                                        progress=not args.no_progress)
-        models[args.transform] = compressed.module
+    if compressed is not None:
+        models[label] = compressed.module
+    transforms = [sp.transform for sp in compressed.plan.spans] if compressed else []
     common = dict(batch_size=args.eval_batch_size, size=args.image_size, seed=args.seed, with_labels=True)
     train = data.data_loader(args.model, dataset, split="train", num_samples=args.train_samples or None, **common)
     test = data.data_loader(args.model, dataset, split=args.test_split,
@@ -85,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
           f"{len(test.dataset)} test, seeds {','.join(map(str, args.probe_seeds))}, {args.epochs} epochs")
     if compressed is not None:
         removed = compressed.num_params_before - compressed.num_params_after
-        print(f"compressed: {', '.join(f'{s} -> {e}' for s, e in compressed.spans)} ({args.transform}); "
+        source = f"plan {args.plan}, {compressed.plan.units} units" if args.plan else args.transform
+        print(f"compressed: {', '.join(f'{s} -> {e}' for s, e in compressed.spans)} ({source}); "
               f"parameters {compressed.num_params_before:,} -> {compressed.num_params_after:,} "
               f"(-{100 * removed / compressed.num_params_before:.1f}%)")
     print(f"{'model':<10} {'accuracy %':>22} {'CKA':>7} {'cosine':>7} {'agree %':>8}")
@@ -98,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json, {
             "model": args.model, "data": args.data, "image_size": args.image_size,
             "calibration": {"split": args.split, "samples": args.samples, "seed": args.seed},
-            "transform": args.transform if compressed else None,
+            "plan": args.plan, "units": compressed.plan.units if compressed else None,
+            "transform": args.transform if compressed and not args.plan else None, "transforms": transforms,
             "spans": [list(sp) for sp in compressed.spans] if compressed else [],
             "params_before": compressed.num_params_before if compressed else None,
             "params_after": compressed.num_params_after if compressed else None,
