@@ -53,6 +53,8 @@ def test_eval_applies_a_plan_saved_by_compress(tmp_path, capsys):
     assert evaluated["transforms"] == ["linear"] and evaluated["transform"] is None
     assert evaluated["params_after"] == made["params_after"] < evaluated["params_before"]
     assert [r["name"] for r in evaluated["results"]] == ["original", "plan"]
-    assert "(plan " in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "(plan " in shown.out
+    assert "features" not in shown.err and "linear probe" not in shown.err  # --no-progress: no bar at all
     assert cli.main(["eval", str(vit), *common, *probe, "--plan", str(tmp_path / "no-plan")]) == 2
     assert "is not an fxapprox plan directory" in capsys.readouterr().err

@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     train = data.data_loader(args.model, dataset, split="train", num_samples=args.train_samples or None, **common)
     test = data.data_loader(args.model, dataset, split=args.test_split,
                             num_samples=args.test_samples or None, **common)
-    reports = evaluate.compare_models(models, train, test, seeds=args.probe_seeds, epochs=args.epochs)
+    reports = evaluate.compare_models(models, train, test, seeds=args.probe_seeds, epochs=args.epochs,
+                                      progress=not args.no_progress)
 
     print(f"{args.model} on {args.data}: linear probe, {len(train.dataset)} train / "
           f"{len(test.dataset)} test, seeds {','.join(map(str, args.probe_seeds))}, {args.epochs} epochs")

@@ -116,7 +116,7 @@ def _set_training(model: torch.nn.Module, mode: bool) -> bool:
 
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, loader: Iterable[Any], *, pooling: str = "auto",
-                     desc: str = "features") -> tuple[torch.Tensor, torch.Tensor | None]:
+                     desc: str = "features", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Batches of model kwargs (optionally with `labels`) → float32 `(N, d)` features, labels.
 
     The model is called as `model(**kwargs)` (or positionally for tensor batches) and its final
@@ -126,7 +126,8 @@ def extract_features(model: torch.nn.Module, loader: Iterable[Any], *, pooling: 
     was_training = _set_training(model, False)
     feats, labels = [], []
     try:
-        for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not distributed.is_main()):
+        for batch in tqdm(loader, desc=desc, unit="batch", leave=False,
+                          disable=not (progress and distributed.is_main())):
             if isinstance(batch, Mapping) and "labels" in batch:
                 labels.append(torch.as_tensor(batch["labels"]).cpu())
             inputs = as_model_inputs(batch).to(device)
@@ -141,10 +142,10 @@ def extract_features(model: torch.nn.Module, loader: Iterable[Any], *, pooling: 
 
 
 def feature_set(model: torch.nn.Module, train_loader: Iterable[Any], test_loader: Iterable[Any],
-                *, pooling: str = "auto") -> FeatureSet:
+                *, pooling: str = "auto", progress: bool = True) -> FeatureSet:
     """Train and test loaders (batches with `labels`) → a `FeatureSet`, extracted once."""
-    train, train_y = extract_features(model, train_loader, pooling=pooling, desc="train features")
-    test, test_y = extract_features(model, test_loader, pooling=pooling, desc="test features")
+    train, train_y = extract_features(model, train_loader, pooling=pooling, desc="train features", progress=progress)
+    test, test_y = extract_features(model, test_loader, pooling=pooling, desc="test features", progress=progress)
     if train_y is None or test_y is None:
         raise ValueError("the loaders must yield a 'labels' tensor with each batch "
                          "(fxapprox.study.data.data_loader(..., with_labels=True))")
@@ -211,11 +212,11 @@ def train_probes(train_xs: Sequence[torch.Tensor], train_y: torch.Tensor, *, num
 
 
 def linear_probe(features: FeatureSet, *, seeds: Sequence[int] = PAPER_SEEDS, epochs: int = 5,
-                 lr: float = 1e-3, batch_size: int = 256) -> ProbeResult:
+                 lr: float = 1e-3, batch_size: int = 256, progress: bool = True) -> ProbeResult:
     """Features → test accuracy of a linear probe per seed (the papers' protocol by default)."""
     num_classes = int(max(features.train_labels.max(), features.test_labels.max())) + 1
     accs = []
-    for seed in tqdm(list(seeds), desc="linear probe", unit="seed", leave=False):
+    for seed in tqdm(list(seeds), desc="linear probe", unit="seed", leave=False, disable=not progress):
         probe = train_probe(features.train, features.train_labels, num_classes=num_classes,
                             seed=seed, epochs=epochs, lr=lr, batch_size=batch_size)
         with torch.no_grad():
@@ -268,7 +269,7 @@ class ModelReport:
 def compare_models(models: Mapping[str, torch.nn.Module], train_loader: Iterable[Any],
                    test_loader: Iterable[Any], *, reference: str | None = None,
                    seeds: Sequence[int] = PAPER_SEEDS, epochs: int = 5, lr: float = 1e-3,
-                   batch_size: int = 256, pooling: str = "auto") -> list[ModelReport]:
+                   batch_size: int = 256, pooling: str = "auto", progress: bool = True) -> list[ModelReport]:
     """Named models (the first, or `reference`, is the original) → probe accuracy and fidelity each.
 
     Features are extracted once per model; fidelity is measured on the test features, with
@@ -280,14 +281,14 @@ def compare_models(models: Mapping[str, torch.nn.Module], train_loader: Iterable
     feats = {}
     for name, model in models.items():
         log.info("extracting features of %s", name)
-        feats[name] = feature_set(model, train_loader, test_loader, pooling=pooling)
+        feats[name] = feature_set(model, train_loader, test_loader, pooling=pooling, progress=progress)
     ref = feats[reference]
     ref_probe = train_probe(ref.train, ref.train_labels, seed=seeds[0] if seeds else 0, epochs=epochs,
                             lr=lr, batch_size=batch_size,
                             num_classes=int(max(ref.train_labels.max(), ref.test_labels.max())) + 1)
     reports = []
     for name, fs in feats.items():
-        probe = linear_probe(fs, seeds=seeds, epochs=epochs, lr=lr, batch_size=batch_size)
+        probe = linear_probe(fs, seeds=seeds, epochs=epochs, lr=lr, batch_size=batch_size, progress=progress)
         fid = None if name == reference else fidelity(ref.test, fs.test, probe=ref_probe)
         reports.append(ModelReport(name, probe, fid))
     return reports
