@@ -1,10 +1,11 @@
 """`fxapprox eval MODEL --data DATA (--spans 9-11 | --num-blocks K | --plan DIR)` → probe accuracy and fidelity.
 
 Compresses MODEL on a random calibration subset of DATA (or applies a plan saved by `fxapprox
-compress --out DIR`, whatever its options: half units, folding, sequential refit), then runs the papers' protocol on the
-original and the compressed model: frozen features, a linear probe per seed (Adam lr 1e-3,
-batch 256, 30 epochs by default, seeds 0,1,2) → mean ± std test accuracy, plus linear CKA, mean cosine and
-prediction agreement between the original's and the compressed model's final features.
+compress --out DIR`, whatever its options: half units, folding, sequential refit), then runs the
+papers' protocol on the original and the compressed model: frozen features, a linear probe per
+seed (Adam lr 1e-3, batch 256, 30 epochs by default, seeds 0,1,2) → mean ± std test accuracy, plus
+linear CKA, mean cosine and prediction agreement between the original's and the compressed
+model's final features.
 """
 
 from __future__ import annotations
@@ -66,9 +67,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Load, compress, extract features, probe, print a table."""
     import fxapprox
+    from fxapprox.plan import Plan
     from fxapprox.study import data, evaluate
 
     start = time.perf_counter()
+    if args.plan is not None:
+        Plan.read(args.plan)  # a wrong directory is answered before the model and data load
     model, dataset, calib = load_model_and_calibration(args)
     check_split(dataset, args.test_split, "--test-split")
     models = {"original": model}
