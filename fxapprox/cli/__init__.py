@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fxapprox",
         description="Training-free compression of transformers: find spans of blocks that are "
         "(nearly) linear maps, replace them by one Linear or the identity, export to ONNX.",
+        epilog=f"More than one process or machine: `torchrun --nproc-per-node N -m fxapprox "
+        f"{'|'.join(_MULTI_PROCESS)} ...` splits the calibration batches and the scoring over the ranks "
+        "(gloo on CPUs, NCCL on GPUs); rank 0 alone prints and writes. The other subcommands run in one process.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     parser.add_argument("--debug", action="store_true",
