@@ -38,7 +38,7 @@ from fxapprox.sequential import IterativeStep, iterative_spans
 from fxapprox.spans import all_spans, validate_spans
 from fxapprox.stats import BoundaryMoments, FoldedMoments
 
-__all__ = ["compress", "load", "CompressionResult", "TRANSFORMS", "OUTPUT_METRIC", "REFITS", "SELECTIONS",
+__all__ = ["compress", "load", "apply_plan", "CompressionResult", "TRANSFORMS", "OUTPUT_METRIC", "REFITS", "SELECTIONS",
            "DEFAULT_AUTO_TOLERANCE"]
 
 log = logging.getLogger(__name__)
@@ -352,10 +352,15 @@ def _foldable_branches(traced: Traced) -> dict[int, torch.fx.Node]:
 
 def load(model: nn.Module, path: str | Path, *, example_inputs: Any = None) -> CompressionResult:
     """Re-apply the plan saved in directory `path` to `model` (no calibration data needed)."""
-    plan = Plan.read(path)
+    return apply_plan(model, Plan.read(path), example_inputs=example_inputs, source=f"the plan in {path}")
+
+
+def apply_plan(model: nn.Module, plan: Plan, *, example_inputs: Any = None,
+               source: str = "the plan") -> CompressionResult:
+    """`plan` (e.g. `Plan.read(path)`, read once) applied to `model`; `source` names it in errors."""
     if type(model).__name__ != plan.model_class:
         raise PlanMismatchError(
-            f"the plan in {path} was made for {plan.model_class}, not {type(model).__name__}; "
+            f"{source} was made for {plan.model_class}, not {type(model).__name__}; "
             "load it into the model it was computed on"
         )
     try:

@@ -67,18 +67,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Load, compress, extract features, probe, print a table."""
     import fxapprox
+    from fxapprox.compression import apply_plan
     from fxapprox.plan import Plan
     from fxapprox.study import data, evaluate
 
     start = time.perf_counter()
-    if args.plan is not None:
-        Plan.read(args.plan)  # a wrong directory is answered before the model and data load
+    plan = Plan.read(args.plan) if args.plan is not None else None  # answered before the model and data load
     model, dataset, calib = load_model_and_calibration(args)
     check_split(dataset, args.test_split, "--test-split")
     models = {"original": model}
     compressed, label = None, args.transform
-    if args.plan is not None:
-        compressed, label = fxapprox.load(model, args.plan), "plan"
+    if plan is not None:
+        compressed, label = apply_plan(model, plan, source=f"the plan in {args.plan}"), "plan"
     elif args.spans is not None or args.num_blocks is not None:
         compressed = fxapprox.compress(model, calib, spans=args.spans, num_blocks=args.num_blocks,
                                        transform=args.transform, metric=args.metric,
