@@ -28,9 +28,9 @@ from torch import nn
 
 from fxapprox import distributed
 from fxapprox.blocks import BlockStack, find_block_stack
-from fxapprox.boundaries import UNITS, unit_nodes
+from fxapprox.boundaries import UNITS
 from fxapprox.calibrate import Tokens, calibrate, calibrate_eager, iter_batches, split_samples
-from fxapprox.capture import flat_graph_inputs
+from fxapprox.costs import replacement_flops, replacement_params, tokens_of, unit_costs
 from fxapprox.errors import MissingScoreError, SpanError
 from fxapprox.fit import DEFAULT_RIDGE
 from fxapprox.inputs import ModelInputs
@@ -134,16 +134,10 @@ class Analysis:
     # --- budgeted selection ---------------------------------------------------------------
 
     def _replacement_params(self, transform: str):
-        def params(s: int, e: int) -> float:
-            return 0.0 if transform == "identity" else self.widths[s + 1] * self.widths[e + 1] + self.widths[e + 1]
-        return params
+        return replacement_params(self.widths, transform)
 
     def _replacement_flops(self, transform: str):
-        def flops(s: int, e: int) -> float:
-            if transform == "identity":
-                return 0.0
-            return 2.0 * self.tokens_per_sample[s + 1] * self.widths[s + 1] * self.widths[e + 1]
-        return flops
+        return replacement_flops(self.widths, self.tokens_per_sample, transform)
 
     def savings(self, s: int, e: int, transform: str = "linear") -> tuple[float, float | None]:
         """Parameters and FLOPs per sample (None without FLOP counts) that replacing span `(s, e)`
@@ -348,10 +342,6 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
     return None
 
 
-def _tokens_of(t: torch.Tensor) -> int:
-    return int(math.prod(t.shape[1:-1])) if t.ndim > 2 else 1
-
-
 def _count_flops(model: nn.Module, stack: BlockStack, sample: ModelInputs) -> tuple[list[float], float, list[int]]:
     """Per-sample FLOPs of each block and of the model, and tokens at each boundary, on one sample."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -364,11 +354,11 @@ def _count_flops(model: nn.Module, stack: BlockStack, sample: ModelInputs) -> tu
         def hook(mod, args, kwargs, out, i=i):
             h = _first_tensor(out)
             if h is not None:
-                tokens[i] = _tokens_of(h)
+                tokens[i] = tokens_of(h)
             if i == 0:
                 x = _first_tensor(args) if args else _first_tensor(next(iter(kwargs.values()), None))
                 if x is not None:
-                    tokens[-1] = _tokens_of(x)
+                    tokens[-1] = tokens_of(x)
 
         hooks.append(block.register_forward_hook(hook, with_kwargs=True))
     try:
@@ -426,47 +416,6 @@ def _calibrate(model: nn.Module, stack: BlockStack, traced: Traced | None, indic
     if traced is None:
         return calibrate_eager(model, stack, indices, batches, num_samples, **kwargs)
     return calibrate(traced.module, traced.boundaries, indices, batches, num_samples, **kwargs)
-
-
-def _unit_costs(traced: Traced, device: torch.device) -> tuple[list[int], list[float], float, list[int]]:
-    """Per unit of a graph with the blocks' insides: parameters and FLOPs per sample (each node's
-    FLOPs on the example batch), the model's FLOPs per sample, and tokens per sample at each boundary."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    gm, example = traced.module, traced.example.to(device)
-    per_node: dict[torch.fx.Node, float] = {}
-    tokens: dict[torch.fx.Node, int] = {}
-    bounds = set(traced.boundaries.nodes)
-
-    class Counting(torch.fx.Interpreter):
-        def run_node(self, n: torch.fx.Node) -> Any:
-            before = counter.get_total_flops()
-            result = super().run_node(n)
-            per_node[n] = counter.get_total_flops() - before
-            if n in bounds:
-                tokens[n] = _tokens_of(result)
-            return result
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        Counting(gm).run(*flat_graph_inputs(gm, example))
-    batch = example.batch_size
-    units = unit_nodes(gm, traced.stack, traced.boundaries)
-    named = dict(gm.named_parameters(remove_duplicate=False))
-    params = []
-    for nodes in units:
-        seen: dict[int, int] = {}
-        for n in nodes:
-            if n.op == "get_attr":
-                tensors = [named[n.target]] if n.target in named else []
-            elif n.op == "call_module":
-                tensors = list(gm.get_submodule(n.target).parameters())
-            else:
-                tensors = []
-            seen.update({id(t): t.numel() for t in tensors})
-        params.append(sum(seen.values()))
-    unit_flops = [sum(per_node.get(n, 0.0) for n in nodes) / batch for nodes in units]
-    per_tokens = [tokens[n] for n in traced.boundaries.nodes]
-    return params, unit_flops, float(counter.get_total_flops()) / batch, per_tokens
 
 
 def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int = 50, tokens: Tokens = "cls",
@@ -554,9 +503,10 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
         total_params=sum(p.numel() for p in model.parameters()),
     )
     if traced is not None:
-        an.block_params, unit_flops, total_flops, per_tokens = _unit_costs(traced, device)
+        costs = unit_costs(traced, device)
+        an.block_params = costs.params
         if flops:
-            an.block_flops, an.total_flops, an.tokens_per_sample = unit_flops, total_flops, per_tokens
+            an.block_flops, an.total_flops, an.tokens_per_sample = costs.flops, costs.total_flops, costs.tokens
     elif flops:
         try:
             sample = first.take(1).to(device)

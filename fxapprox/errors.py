@@ -34,6 +34,9 @@ __all__ = [
     "RankFailedError",
     "RankMismatchError",
     "OutputExistsError",
+    "ConfigError",
+    "SpanConfigError",
+    "MetricConfigError",
 ]
 
 
@@ -161,3 +164,19 @@ class SingleProcessCommandError(DistributedError):
 
 class OutputExistsError(FxApproxError, FileExistsError):
     """An output directory already holds files and overwriting them was not allowed."""
+
+
+class ConfigError(FxApproxError, ValueError):
+    """An option of `CompressConfig` (or of a recipe file) has a value it cannot take; `field` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class SpanConfigError(ConfigError, SpanError):
+    """What to remove is missing or given twice (`spans`, `num_blocks`, the budgets) or out of range."""
+
+
+class MetricConfigError(ConfigError, MissingScoreError):
+    """`metric` names a score that `compress` does not take."""

@@ -5,7 +5,9 @@
 A folded span (`fold=True`) stores its map `T, c` the same way; `load` folds it into the model's
 own Linear again. Format 2 adds `units`, `fold`, `unfolded_residual`, `prior`, `refit`;
 format-1 plans (whole-block spans) still load (without them: blocks, no fold, zero prior,
-independent fits).
+independent fits). `config` records how the plan was made (`CompressConfig.to_dict()`) and, for
+a budget, `reached` what it saves (fractions of the FLOPs and parameters, or of the latency);
+plans written without them load with None.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class Plan:
     units: str = "block"  # what span indices count: "block", or "half" (boundaries -1 .. 2L-1)
     prior: str = "zero"  # ridge prior of the fitted maps: "zero" or "identity"
     refit: str = "independent"  # "independent" (original activations) or "sequential"
+    config: dict[str, Any] | None = None  # the CompressConfig it was made with (to_dict)
+    reached: dict[str, float] | None = None  # for a budget: fractions saved ("flops", "params", "latency")
     weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     example: ModelInputs = field(default_factory=ModelInputs, repr=False)
 

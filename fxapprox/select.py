@@ -8,24 +8,35 @@ Two budgets, both exact (not greedy):
   least total cost (`best_spans_for_saving`, a Pareto front of (cost, saving) per boundary,
   savings capped at the budget so the front stays small).
 
-`select_spans()` is what `compress(num_blocks=k, metric=...)` calls: it scores every candidate
-span from the boundary moments with `metric` (turned into a non-negative cost, see
-`fxapprox.metrics.cost`) and runs the `num_blocks` program.
+`select_spans()` scores every candidate span from the boundary moments with `metric` (turned into
+a non-negative cost, see `fxapprox.metrics.cost`) and runs the `num_blocks` program.
+
+Selection rules share one interface, `rule(costs, num_units, k) -> spans` (`RULES`): `"dp"` (the
+program above), `"topk"` (TOAST Algorithm 1: the one span of k units of least cost) and `"lowest"`
+(ShortGPT: the k single units of least cost, merged into runs). A rule meets a saving budget by
+`first_reaching`: the smallest k whose spans save enough (the `"dp"` rule has the exact program
+`best_spans_for_saving` instead). `compress` (`fxapprox.stages.select`) and the frontier's field
+methods (`fxapprox.study.field_methods`) both choose spans through them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from fxapprox.errors import SpanError
 from fxapprox.fit import DEFAULT_RIDGE
 from fxapprox.metrics import METRICS, check_metric, cost, score
 from fxapprox.stats import BoundaryMoments
 
-__all__ = ["select_spans", "candidate_costs", "best_spans", "best_spans_for_saving", "span_savings", "METRICS"]
+__all__ = ["select_spans", "candidate_costs", "best_spans", "best_spans_for_saving", "span_savings", "METRICS",
+           "Rule", "RULES", "top_span", "lowest_units", "runs_to_spans", "first_reaching"]
 
 Span = tuple[int, int]
+Rule = Callable[[Mapping[Span, float], int, int], list[Span]]  # (costs, num_units, k) -> spans removing k units
+T = TypeVar("T")
+_TOLERANCE = 1e-9  # relative slack when comparing a saving with its budget
 
 
 def candidate_costs(score_fn: Callable[[int, int], float], num_blocks_total: int, *, metric: str,
@@ -154,3 +165,48 @@ def select_spans(moments: BoundaryMoments, num_blocks_total: int, num_blocks: in
     if not costs:
         raise SpanError(f"no span can take transform={transform!r} under metric={metric!r}")
     return best_spans(costs, num_blocks_total, num_blocks)
+
+
+def runs_to_spans(removed: set[int]) -> list[Span]:
+    """Replaced units → maximal runs of consecutive units as spans `(first - 1, last)`."""
+    spans: list[Span] = []
+    for b in sorted(removed):
+        if spans and spans[-1][1] == b - 1:
+            spans[-1] = (spans[-1][0], b)
+        else:
+            spans.append((b - 1, b))
+    return spans
+
+
+def top_span(costs: Mapping[Span, float], num_units: int, k: int) -> list[Span]:
+    """TOAST Algorithm 1: the span of exactly `k` units of least cost (ties: the earlier one)."""
+    fitting = [(c, sp) for sp, c in costs.items() if sp[1] - sp[0] == k]
+    if not fitting:
+        raise SpanError(f"no candidate span removes exactly {k} of {num_units} units")
+    return [min(fitting)[1]]
+
+
+def lowest_units(costs: Mapping[Span, float], num_units: int, k: int) -> list[Span]:
+    """ShortGPT: the `k` units `u` whose single-unit spans `(u - 1, u)` cost least (ties: the earlier
+    one), not necessarily contiguous; consecutive ones merged into one span."""
+    single = sorted((c, e) for (s, e), c in costs.items() if e == s + 1)
+    if len(single) < k:
+        raise SpanError(f"only {len(single)} single units can be scored; cannot remove {k}")
+    return runs_to_spans({e for _, e in single[:k]})
+
+
+RULES: dict[str, Rule] = {"dp": best_spans, "topk": top_span, "lowest": lowest_units}
+
+
+def first_reaching(plans: Iterable[tuple[T, float]], target: float) -> tuple[T, float, bool]:
+    """The first `(plan, saving)` of `plans` (in growing order) whose saving is at least `target`:
+    `(plan, saving, True)`; when none is, the one that saves most, `(plan, saving, False)`."""
+    seen: list[tuple[T, float]] = []
+    for plan, saved in plans:
+        if saved >= target * (1 - _TOLERANCE):
+            return plan, saved, True
+        seen.append((plan, saved))
+    if not seen:
+        raise SpanError("no candidate plan")
+    plan, saved = max(seen, key=lambda c: c[1])
+    return plan, saved, False

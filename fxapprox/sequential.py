@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from fxapprox.features import last_hidden_state, pool_features
 from fxapprox.inputs import ModelInputs, token_mask
 from fxapprox.output_score import fitted_maps
 from fxapprox.prepare import Traced, model_device
+from fxapprox.select import runs_to_spans
 from fxapprox.stats import BoundaryMoments
 
 __all__ = ["ReplacedRunner", "IterativeStep", "iterative_spans", "runs_to_spans"]
@@ -68,17 +69,6 @@ class ReplacedRunner(torch.fx.Interpreter):
         return pool_features(last_hidden_state(output), token_mask(inputs)).double().cpu()
 
 
-def runs_to_spans(removed: set[int]) -> list[Span]:
-    """Replaced blocks → maximal runs of consecutive blocks as spans `(first - 1, last)`."""
-    spans: list[Span] = []
-    for b in sorted(removed):
-        if spans and spans[-1][1] == b - 1:
-            spans[-1] = (spans[-1][0], b)
-        else:
-            spans.append((b - 1, b))
-    return spans
-
-
 @dataclass
 class IterativeStep:
     """One greedy step: the block replaced, the spans after it and their `output` damage."""
@@ -89,9 +79,11 @@ class IterativeStep:
 
 
 def iterative_spans(traced: Traced, moments: BoundaryMoments, batches: Sequence[ModelInputs], num_blocks: int, *,
-                    transform: str = "linear", ridge: float, progress: bool = True) -> list[IterativeStep]:
+                    transform: str = "linear", ridge: float, progress: bool = True,
+                    until: Callable[[list[Span]], bool] | None = None) -> list[IterativeStep]:
     """Replace `num_blocks` blocks one at a time, each time the one whose replacement (merged with replaced
-    neighbours) does the least `output` damage on `batches` given those already replaced.
+    neighbours) does the least `output` damage on `batches` given those already replaced; stop earlier
+    once `until(spans)` holds (e.g. a budget is met).
 
     Maps are fitted from `moments` (every boundary watched); identity spans need equal widths.
     Cost per step: one forward of the original graph per remaining block per batch.
@@ -140,5 +132,7 @@ def iterative_spans(traced: Traced, moments: BoundaryMoments, batches: Sequence[
         log.info("iterative selection: block %d → spans %s, output damage %.4g", best, steps[-1].spans,
                  damages[best])
         bar.update()
+        if until is not None and until(steps[-1].spans):
+            break
     bar.close()
     return steps

@@ -7,7 +7,8 @@ block saves. One more plan, the last block replaced by a linear map, gives the c
 `select_by_latency` then runs the same dynamic program as FLOP budgets
 (`fxapprox.select.best_spans_for_saving`) with these savings: the span set of least total score
 that saves at least `latency_budget` (a fraction of the original latency). Savings are taken as
-additive over blocks (true when the blocks run one after another, as they do).
+additive over blocks (true when the blocks run one after another, as they do). `BlockLatency`
+lives in the library (`fxapprox.costs`): `compress(..., latency_budget=f, block_latency=...)` takes it.
 """
 
 from __future__ import annotations
@@ -15,37 +16,21 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fxapprox.analysis import Analysis
+from fxapprox.costs import BlockLatency
 from fxapprox.errors import SpanError
-from fxapprox.select import best_spans_for_saving, candidate_costs, span_savings
+from fxapprox.select import best_spans_for_saving, candidate_costs
 
 __all__ = ["BlockLatency", "block_latencies", "plan_latency", "select_by_latency"]
 
 log = logging.getLogger(__name__)
 
 Span = tuple[int, int]
-
-
-@dataclass
-class BlockLatency:
-    """Milliseconds per call at `batch_size` on `provider`: the original's, what removing each block
-    saves (`block_ms[k]`), and what one replacing linear map costs (`map_ms`)."""
-
-    original_ms: float
-    block_ms: list[float]
-    map_ms: float
-    provider: str
-    batch_size: int
-
-    def saving(self, s: int, e: int, transform: str = "linear") -> float:
-        """Milliseconds that replacing span `(s, e)` by `transform` saves."""
-        return span_savings(self.block_ms, lambda *_: 0.0 if transform == "identity" else self.map_ms, [(s, e)])[(s, e)]
 
 
 def plan_latency(model: torch.nn.Module, result: Any, example: Any, *, batch_size: int = 32,
