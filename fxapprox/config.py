@@ -136,10 +136,11 @@ class CompressConfig:
                                     f"not {self.metric!r}")
         _choice("output_target", self.output_target, OUTPUT_TARGETS)
         _choice("transform", self.transform, TRANSFORMS)
-        for name in ("auto_tolerance", "ridge"):
+        for name, least in (("auto_tolerance", -math.inf), ("ridge", 0.0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(name, f"{name}={value!r} must be a finite number >= 0")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < least:
+                raise ConfigError(name, f"{name}={value!r} must be a finite number"
+                                  + ("" if least == -math.inf else f" >= {least:g}"))
         _choice("prior", self.prior, PRIORS)
         _choice("refit", self.refit, REFITS)
         for name in ("fold", "progress"):

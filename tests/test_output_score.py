@@ -83,11 +83,11 @@ def test_output_target_features_on_a_head_reads_the_last_block_and_logits_needs_
 
 
 def test_compress_and_select_choose_by_output_by_default(monkeypatch):
-    import fxapprox.compression as compression
+    import fxapprox.stages.select as select_stage  # compress's select stage
 
     called = []
-    real = compression.output_scores
-    monkeypatch.setattr(compression, "output_scores", lambda *a, **k: called.append(1) or real(*a, **k))
+    real = select_stage.output_scores
+    monkeypatch.setattr(select_stage, "output_scores", lambda *a, **k: called.append(1) or real(*a, **k))
     model = tiny_net(["mlp", "mlp", "shift", "shift", "mlp", "mlp"])
     assert fxapprox.compress(model, tiny_batches(), num_blocks=2, num_samples=32, progress=False).spans == [(1, 3)]
     assert called

@@ -21,21 +21,27 @@ graph machinery (no code of theirs; shared/DESIGN.md, "The field's rules"):
 
 A budget is the fraction of the whole model's FLOPs to save, net of added maps. A method whose
 plans come in steps takes the smallest plan that saves at least the budget; when none does, its
-largest plan, marked as not reaching it. `rule_plan(method, budget, ...)` returns a `MethodPlan`:
-the keyword arguments for `fxapprox.compress` and the saving the rule predicts.
+largest plan, marked as not reaching it (`fxapprox.select.first_reaching`). Each method is a
+`CompressConfig` plus a selection rule of the library (`fxapprox.select.RULES`: `topk` for the
+papers and ReplaceMe, `lowest` for ShortGPT, `dp` for fxapprox; BlockPruner is `selection="iterative"`),
+applied here to the scores of an `Analysis` made as the method's paper says.
+`rule_plan(method, budget, ...)` returns a `MethodPlan`: the config for `fxapprox.compress` (spans
+fixed) and the saving the rule predicts.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from fxapprox.analysis import Analysis
+from fxapprox.config import CompressConfig
 from fxapprox.errors import SpanError
-from fxapprox.sequential import runs_to_spans
+from fxapprox.select import RULES, candidate_costs, first_reaching
 
-__all__ = ["METHODS", "MethodPlan", "rule_plan", "block_budgets", "budget_fraction", "block_influence",
+__all__ = ["METHODS", "METHOD_RULES", "MethodPlan", "rule_plan", "block_budgets", "budget_fraction", "block_influence",
            "PruningOrder", "pruning_order"]
 
 Span = tuple[int, int]
@@ -43,19 +49,33 @@ Span = tuple[int, int]
 METHODS = ("papers", "shortgpt", "blockpruner", "replaceme", "fxapprox")
 
 _TOLERANCE = 1e-9  # relative slack when comparing a saving with its budget
+# The rule of `fxapprox.select.RULES` (or "iterative") each method selects with.
+METHOD_RULES = {"papers": "topk", "shortgpt": "lowest", "blockpruner": "iterative", "replaceme": "topk",
+                "fxapprox": "dp"}
 
 
 @dataclass
 class MethodPlan:
-    """One method's plan for one budget: the `fxapprox.compress` keyword arguments and what the
-    rule predicts it saves (fraction of the model's FLOPs; None when `compress` itself selects)."""
+    """One method's plan for one budget: the `CompressConfig` that builds it (spans fixed), the rule
+    that chose the spans, and what the rule predicts it saves (fraction of the model's FLOPs)."""
 
     method: str
     budget: float
-    compress_kwargs: dict[str, Any]
+    config: CompressConfig
     predicted_flops_removed: float | None
     reaches_budget: bool = True
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def rule(self) -> str:
+        """The selection rule that chose the spans."""
+        return METHOD_RULES[self.method]
+
+    @property
+    def compress_kwargs(self) -> dict[str, Any]:
+        """The config as `fxapprox.compress` keyword arguments: the spans, the transform and the
+        options that differ from the defaults."""
+        return {"spans": list(self.config.spans), "transform": self.config.transform, **self.config.changes()}
 
 
 def budget_fraction(an: Analysis, saving: float | None) -> float:
@@ -83,17 +103,38 @@ def _meets(saved: float, budget: float) -> bool:
     return saved >= budget * (1 - _TOLERANCE)
 
 
-def _first_reaching(method: str, budget: float, candidates: list[tuple[dict[str, Any], float]]) -> MethodPlan:
-    """The first candidate (kwargs, saved fraction), in the rule's order of growing plans, that
+def _first_reaching(method: str, budget: float, candidates: Iterator[tuple[CompressConfig, float]]) -> MethodPlan:
+    """The first candidate (config, saved fraction), in the rule's order of growing plans, that
     saves at least `budget`; else the largest, marked as not reaching it."""
-    if not candidates:
-        raise ValueError(f"{method}: no candidate plan")
-    for kwargs, saved in candidates:
-        if _meets(saved, budget):
-            return MethodPlan(method, budget, kwargs, saved)
-    kwargs, saved = max(candidates, key=lambda c: c[1])
-    return MethodPlan(method, budget, kwargs, saved, reaches_budget=False,
+    try:
+        config, saved, reached = first_reaching(candidates, budget)
+    except SpanError:
+        raise ValueError(f"{method}: no candidate plan") from None
+    if reached:
+        return MethodPlan(method, budget, config, saved)
+    return MethodPlan(method, budget, config, saved, reaches_budget=False,
                       notes=[f"no {method} plan saves {budget:.3f} of the FLOPs; its largest saves {saved:.3f}"])
+
+
+def _costs(an: Analysis, metric: str, transform: str = "linear", min_start: int = -1) -> dict[Span, float]:
+    """Cost of every span `an` scores by `metric` (starting at `min_start` or later)."""
+    scores = an.matrix(metric)
+    costs = candidate_costs(lambda s, e: float(scores[s + 1, e + 1]), an.num_blocks, metric=metric,
+                            transform=transform, widths=an.widths)
+    return {sp: c for sp, c in costs.items() if sp[0] >= min_start}
+
+
+def _rule_plans(method: str, an: Analysis, costs: dict[Span, float], sizes: range, **options: Any
+                ) -> Iterator[tuple[CompressConfig, float]]:
+    """The method's rule for each size k in `sizes` (skipping sizes it has no spans for) → (config, saved)."""
+    transform = options.get("transform", "linear")
+    saves_as = "identity" if options.get("fold") else transform  # a folded map adds no FLOPs
+    for k in sizes:
+        try:
+            spans = RULES[METHOD_RULES[method]](costs, an.num_blocks, k)
+        except SpanError:
+            continue
+        yield CompressConfig(spans=spans, **options), _span_saving(an, spans, saves_as)
 
 
 def _span_saving(an: Analysis, spans: list[Span], transform: str) -> float:
@@ -101,13 +142,10 @@ def _span_saving(an: Analysis, spans: list[Span], transform: str) -> float:
 
 
 def papers_plan(an: Analysis, budget: float) -> MethodPlan:
-    """TOAST Algorithm 1: the top-1 span of length k by the `linear` score of `an` (the papers'
+    """TOAST Algorithm 1 (`topk`): the top-1 span of length k by the `linear` score of `an` (the papers'
     [CLS] on 50 samples), for the least k whose linear span saves the budget."""
-    candidates = []
-    for k in range(1, an.num_blocks + 1):
-        s, e, _ = an.top_k(1, span_len=k, metric="linear")[0]
-        candidates.append(({"spans": [(s, e)], "transform": "linear"}, _span_saving(an, [(s, e)], "linear")))
-    return _first_reaching("papers", budget, candidates)
+    plans = _rule_plans("papers", an, _costs(an, "linear"), range(1, an.num_blocks + 1), transform="linear")
+    return _first_reaching("papers", budget, plans)
 
 
 def block_influence(an: Analysis) -> list[float]:
@@ -116,30 +154,20 @@ def block_influence(an: Analysis) -> list[float]:
 
 
 def shortgpt_plan(an: Analysis, budget: float) -> MethodPlan:
-    """The blocks with the lowest Block Influence (ties: earlier first), as few as save the
-    budget, each replaced by the identity."""
-    influence = block_influence(an)
-    order = sorted(range(an.num_blocks), key=lambda k: (influence[k], k))
-    candidates = []
-    for k in range(1, an.num_blocks + 1):
-        spans = runs_to_spans(set(order[:k]))
-        candidates.append(({"spans": spans, "transform": "identity"}, _span_saving(an, spans, "identity")))
-    return _first_reaching("shortgpt", budget, candidates)
+    """The blocks with the lowest Block Influence (`lowest` on the `cosine` score; ties: earlier
+    first), as few as save the budget, each replaced by the identity."""
+    plans = _rule_plans("shortgpt", an, _costs(an, "cosine", "identity"), range(1, an.num_blocks + 1),
+                        transform="identity")
+    return _first_reaching("shortgpt", budget, plans)
 
 
 def replaceme_plan(an: Analysis, budget: float, *, fold: bool) -> MethodPlan:
     """For the least n that saves the budget, the window of n blocks after block 0 with the
-    smallest angular distance between its input and output; a linear map, folded when `fold`."""
-    transform = "identity" if fold else "linear"  # a folded map adds no FLOPs, as the identity
-    candidates = []
-    for n in range(1, an.num_blocks):
-        windows = [(s, s + n) for s in range(0, an.num_blocks - n)]
-        s, e = min(windows, key=lambda w: (an.score(*w, "angular"), w))
-        kwargs: dict[str, Any] = {"spans": [(s, e)], "transform": "linear"}
-        if fold:
-            kwargs["fold"] = True
-        candidates.append((kwargs, _span_saving(an, [(s, e)], transform)))
-    plan = _first_reaching("replaceme", budget, candidates)
+    smallest angular distance between its input and output (`topk` on the `angular` score of the
+    spans after block 0); a linear map, folded when `fold`."""
+    options: dict[str, Any] = {"transform": "linear", **({"fold": True} if fold else {})}
+    plans = _rule_plans("replaceme", an, _costs(an, "angular", min_start=0), range(1, an.num_blocks), **options)
+    plan = _first_reaching("replaceme", budget, plans)
     if not fold:
         plan.notes.append("map not folded: fxapprox.compress has no fold=True yet (issue 13), so the "
                           "plan keeps a d×d Linear")
@@ -155,7 +183,7 @@ def fxapprox_plan(an: Analysis, budget: float) -> MethodPlan:
     except SpanError:  # beyond every span set the output score rates (analyze's output_max_len)
         spans = _most_blocks(an)
     saved = _span_saving(an, spans, "linear")
-    plan = MethodPlan("fxapprox", budget, {"spans": spans, "transform": "linear", "refit": "sequential"}, saved,
+    plan = MethodPlan("fxapprox", budget, CompressConfig(spans=spans, transform="linear", refit="sequential"), saved,
                       reaches_budget=_meets(saved, budget))
     if not plan.reaches_budget:
         plan.notes.append(f"no span set the output score rates saves {budget:.3f}; the plan that removes the "
@@ -201,11 +229,13 @@ def blockpruner_plan(order: PruningOrder, budget: float) -> MethodPlan:
     """BlockPruner's rule (attention/MLP half units, identity, iterative removal of the unit with the
     least `output` damage given those removed): the shortest prefix of the greedy order that saves
     the budget; else the whole order, marked as not reaching it."""
-    candidates, saved = [], 0.0
-    for unit, spans in zip(order.units, order.spans_after):
-        saved += order.unit_flops[unit] / order.total_flops
-        candidates.append(({"spans": [tuple(sp) for sp in spans], "units": "half", "transform": "identity"}, saved))
-    return _first_reaching("blockpruner", budget, candidates)
+    def candidates() -> Iterator[tuple[CompressConfig, float]]:
+        saved = 0.0
+        for unit, spans in zip(order.units, order.spans_after):
+            saved += order.unit_flops[unit] / order.total_flops
+            yield CompressConfig(spans=spans, units="half", transform="identity"), saved
+
+    return _first_reaching("blockpruner", budget, candidates())
 
 
 def rule_plan(method: str, budget: float, *, paper: Analysis, scores: Analysis,

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from fxapprox import distributed
+from fxapprox.config import CompressConfig
 from fxapprox.errors import FoldError
 from fxapprox.study.damage import measure_damage, probe_accuracy
 from fxapprox.study.field_methods import METHODS, MethodPlan, block_budgets, pruning_order, rule_plan
@@ -184,10 +185,10 @@ def _split_features(module: torch.nn.Module, batches: list[Any], desc: str) -> t
     return torch.cat([feats for feats, _ in joined]), torch.cat([labels for _, labels in joined])
 
 
-def _plan_key(result: Any, kwargs: dict[str, Any]) -> str:
+def _plan_key(result: Any, config: CompressConfig) -> str:
     """What makes two compressions the same model: the plan's spans and the options beyond them."""
     spans = [{k: v for k, v in asdict(sp).items() if k != "residual"} for sp in result.plan.spans]
-    options = {k: v for k, v in kwargs.items() if k in ("units", "fold", "refit", "prior")}
+    options = {k: getattr(config, k) for k in ("units", "fold", "refit", "prior")}
     return json.dumps({"spans": spans, **options}, sort_keys=True, default=str)
 
 
@@ -296,21 +297,22 @@ def _measure_plan(plan: MethodPlan, model: torch.nn.Module, calib: Any, cfg: Fro
     """Compress by `plan`, then measure (or reuse the measurement of the same plan) → one table row."""
     import fxapprox
 
+    config = plan.config.replace(num_samples=cfg.samples, progress=False)
     try:
-        res = fxapprox.compress(model, calib, num_samples=cfg.samples, progress=False, **plan.compress_kwargs)
+        res = fxapprox.compress(model, calib, config=config)
     except FoldError as err:  # e.g. post-norm blocks (BERT): ReplaceMe's fold needs a Linear added to the stream
-        plan.compress_kwargs = {k: v for k, v in plan.compress_kwargs.items() if k != "fold"}
+        plan.config = plan.config.replace(fold=False)
         plan.notes.append(f"map not folded: {err}")
-        res = fxapprox.compress(model, calib, num_samples=cfg.samples, progress=False, **plan.compress_kwargs)
-    key = _plan_key(res, plan.compress_kwargs)
+        res = fxapprox.compress(model, calib, config=config.replace(fold=False))
+    key = _plan_key(res, plan.config)
     if key not in measured:
         train, test = features(res.module)
         speed = distributed.on_main(lambda: _speed(original, res, model, example, cfg, workdir))
         measured[key] = {**_quality(original, train, test, cfg), **speed}
-    kwargs = {k: v for k, v in plan.compress_kwargs.items() if k != "spans"}
+    options = {k: v for k, v in plan.compress_kwargs.items() if k != "spans"}
     return {"budget": plan.budget, **measured[key], "spans": [list(sp) for sp in res.spans],
-            "units": plan.compress_kwargs.get("units", "block"),
-            "transforms": [sp.transform for sp in res.plan.spans], "options": kwargs,
+            "units": plan.config.units, "rule": plan.rule,
+            "transforms": [sp.transform for sp in res.plan.spans], "options": options,
             "predicted_flops_removed": plan.predicted_flops_removed, "reaches_budget": plan.reaches_budget,
             "notes": plan.notes}
 
