@@ -138,7 +138,8 @@ class CompressConfig:
         _choice("transform", self.transform, TRANSFORMS)
         for name, least in (("auto_tolerance", -math.inf), ("ridge", 0.0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < least:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or value < least:
                 raise ConfigError(name, f"{name}={value!r} must be a finite number"
                                   + ("" if least == -math.inf else f" >= {least:g}"))
         _choice("prior", self.prior, PRIORS)
