@@ -10,6 +10,7 @@ from fxapprox.cli.common import (
     add_units_arg,
     check_out_dir,
     load_model_and_calibration,
+    nonnegative_float,
     positive_int,
     spans_arg,
     write_json,
@@ -37,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="what replaces each span: a least-squares linear map, nothing (identity; needs equal "
                    "widths), or auto: the identity where its residual is within --auto-tolerance of the linear "
                    "map's, else linear (default: linear)")
-    p.add_argument("--auto-tolerance", type=float, default=None, metavar="TOL",
+    p.add_argument("--auto-tolerance", type=nonnegative_float, default=None, metavar="TOL",
                    help="with --transform auto: largest excess of the identity's normalised residual over the "
                    "linear map's at which the identity is taken (default: 0.01)")
     add_units_arg(p)
