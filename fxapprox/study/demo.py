@@ -94,13 +94,15 @@ def run_demo(cfg: DemoConfig, out: Path | None = None, *, overwrite: bool = Fals
     plans already there). A directory the demo made is removed again when a stage fails."""
     out = Path(out) if out is not None else default_out()
     check_config(cfg, out, overwrite)
-    made = not out.exists()
+    made = None if out.exists() else out  # the topmost directory this call makes (`reports/` too, when new)
+    while made is not None and not made.parent.exists():
+        made = made.parent
     out.mkdir(parents=True, exist_ok=True)
     try:
         return _run(cfg, out, overwrite)
     except BaseException:
-        if made:
-            shutil.rmtree(out, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
         raise
 
 
