@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
     onnx = [_is_onnx(t) for t in args.targets]
     if len(set(onnx)) != 1:
         raise ExportError("compare two .onnx files or two models/plan directories, not one of each")
+    if onnx[0]:  # before any work, --baseline optimized too
+        for t in args.targets:
+            _check_onnx(t)
     common = dict(batch_sizes=sizes, warmup=args.warmup, iters=args.iters, threads=args.threads)
     if args.baseline == "optimized":
         from fxapprox.export.optimize import optimized_pair
@@ -133,8 +136,6 @@ def run(args: argparse.Namespace) -> int:
             return run(argparse.Namespace(**{**vars(args), "targets": [str(f) for f in files],
                                              "baseline": "as-given", "baseline_of_record": "optimized"}))
     if onnx[0]:
-        for t in args.targets:
-            _check_onnx(t)
         inputs = onnx_example_inputs(args.targets[0], seq_len=args.seq_len or 128)
         targets = args.targets
         extra: dict[str, Any] = {"providers": providers}

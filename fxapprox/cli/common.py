@@ -105,6 +105,10 @@ def spans_arg(text: str) -> list[tuple[int, int]]:
         raise argparse.ArgumentTypeError(
             f"cannot read {text!r} as spans: write s-e[,s-e...], e.g. 9-11 or 3-4,9-11 "
             "(s-e replaces blocks s+1..e; -1-0 or m1-0 starts at the embeddings)")
+    for s, e in spans:
+        if not -1 <= s < e:
+            raise argparse.ArgumentTypeError(f"span {s}-{e} replaces nothing: s-e needs -1 <= s < e (it replaces "
+                                             "blocks s+1..e), e.g. 9-11")
     return spans
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def _is_plan_dir(source: str) -> bool:
 
 def _check_source(source: str) -> None:
     """A path that is neither a plan directory nor a model directory → an error that says what is expected."""
-    path = Path(source).expanduser()
+    path = Path(os.path.expanduser(source))  # unlike Path.expanduser, keeps an unknown ~user
     if not path.exists() or _is_plan_dir(source) or (path / "config.json").is_file():
         return
     what = "an ONNX file" if path.suffix == ".onnx" else "a directory" if path.is_dir() else "a file"
@@ -122,7 +123,7 @@ def load_source(source: str, args: argparse.Namespace) -> tuple[Any, ModelInputs
         try:
             original = target = load_model(source)
         except AssetError as err:
-            if Path(source).expanduser().exists():
+            if Path(os.path.expanduser(source)).exists():
                 raise
             raise AssetError(f"{source} is neither a plan directory (no such directory) nor a model: {err}; or "
                              "pass a plan directory written by `fxapprox compress --out DIR`") from err

@@ -10,6 +10,7 @@ and `fxapprox.study.evaluate` take.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -130,7 +131,7 @@ def model_modality(name: str) -> str | None:
 
     if name in assets.MODELS:
         return assets.MODELS[name]
-    config = Path(name).expanduser() / "config.json"
+    config = Path(os.path.expanduser(name)) / "config.json"
     try:
         raw = json.loads(config.read_text())
     except (OSError, ValueError):
