@@ -220,7 +220,8 @@ def vit_and_images(tmp_path_factory):
     (["compress", "m", "--data", "d", "--num-blocks", "1", "--out", "o", "--auto-tolerance", "nan"],
      "argument --auto-tolerance: nan is out of range"),
     (["demo", "--metric", "bogus"], "argument --metric: invalid choice: 'bogus' (choose from 'linear'"),
-    (["bench", "good.onnx", "--providers", "tpu"], "argument --providers: 'tpu': onnxruntime here has cpu"),
+    (["bench", "good.onnx", "--providers", "tpu"], "--providers 'tpu' is not available here: onnxruntime here "
+     "has cpu"),
 ])
 def test_counts_lists_and_choices_are_refused_before_any_work(tmp_path, monkeypatch, capsys, no_loading, argv,
                                                               expected):
@@ -234,8 +235,7 @@ def test_counts_lists_and_choices_are_refused_before_any_work(tmp_path, monkeypa
 
 def test_list_and_number_types_accept_what_they_name():
     parser = build_parser()
-    args = parser.parse_args(["bench", "a.onnx", "--batch-sizes", "1, 8,32", "--providers", "cpu"])
-    assert args.batch_sizes == (1, 8, 32) and args.providers == ["cpu"]
+    assert parser.parse_args(["bench", "a.onnx", "--batch-sizes", "1, 8,32"]).batch_sizes == (1, 8, 32)
     assert parser.parse_args(["bench", "a.onnx"]).batch_sizes == (1, 8, 32)
     args = parser.parse_args(["select-eval", "m", "--data", "d", "--out", "o"])
     assert args.sample_sizes == () and args.selection_blocks == (1, 2, 3, 4)

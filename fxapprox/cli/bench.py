@@ -33,7 +33,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_model_arguments(p)
     p.add_argument("--batch-sizes", type=positive_ints, default="1,8,32",
                    help="comma-separated batch sizes (default 1,8,32)")
-    p.add_argument("--providers", type=_providers,
+    p.add_argument("--providers",
                    help="onnxruntime providers in order, e.g. cuda,cpu (default: CUDA if available, else CPU)")
     p.add_argument("--device", help="PyTorch device for model targets (default: cuda if available)")
     p.add_argument("--threads", type=positive_int, help="intra-op threads (onnxruntime and PyTorch)")
@@ -51,26 +51,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _providers(text: str) -> list[str]:
-    """argparse type: `cuda,cpu` → provider names this onnxruntime has, or an error listing those it has."""
-    from fxapprox.errors import FxApproxError
+    """`--providers cuda,cpu` → provider names this onnxruntime has, or an error listing those it has."""
+    from fxapprox.errors import ProviderUnavailableError
     from fxapprox.export.benchmark import resolve_providers
 
     names = [name.strip() for name in text.split(",") if name.strip()]
     try:
-        if not names:
-            raise ValueError
-        resolve_providers(names)
-    except (FxApproxError, ValueError):
-        import onnxruntime
+        if names:
+            resolve_providers(names)
+            return names
+    except ProviderUnavailableError:
+        pass
+    import onnxruntime
 
-        have = onnxruntime.get_available_providers()
-        short = [alias for alias, full in (("cuda", "CUDAExecutionProvider"), ("cpu", "CPUExecutionProvider"))
-                 if full in have]
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: onnxruntime here has {', '.join(short + have)}; give a comma-separated subset of "
-            "those (cuda/cpu or onnxruntime's names), or leave --providers out to use the best available one"
-        ) from None
-    return names
+    have = onnxruntime.get_available_providers()
+    short = [alias for alias, full in (("cuda", "CUDAExecutionProvider"), ("cpu", "CPUExecutionProvider"))
+             if full in have]
+    raise ProviderUnavailableError(
+        f"--providers {text!r} is not available here: onnxruntime here has {', '.join(short + have)}; give a "
+        "comma-separated subset of those (cuda/cpu or onnxruntime's names), or leave --providers out to use the "
+        "best available one")
 
 
 def _is_onnx(target: str) -> bool:
@@ -115,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
 
     if len(args.targets) > 2:
         raise ExportError("bench takes one target, or two (original, compressed) to compare")
+    providers = _providers(args.providers) if args.providers is not None else None
     sizes = list(args.batch_sizes)
-    providers = args.providers
     onnx = [_is_onnx(t) for t in args.targets]
     if len(set(onnx)) != 1:
         raise ExportError("compare two .onnx files or two models/plan directories, not one of each")
