@@ -3,8 +3,11 @@
 `Graph.eliminate_dead_code` treats dropout and scaled-dot-product attention (tagged
 nondeterministic) and `_assert_tensor_metadata` (side effect) as impure, so removed blocks keep
 running. Here a node is kept only if the output, a placeholder or a genuinely mutating op needs
-it. Assertion-like side-effect nodes survive only while they check live graph inputs or symbolic
-sizes; checks of intermediate tensors (export's dtype asserts inside a removed block) go.
+it. An in-place op on an intermediate tensor (MPNet's `scores += position_bias`) is not a root:
+it lives only while some live node reads the tensor it writes (through its views), so a removed
+block's query, key and score nodes go with the block. Assertion-like side-effect nodes survive
+only while they check live graph inputs or symbolic sizes; checks of intermediate tensors
+(export's dtype asserts inside a removed block) go.
 """
 
 from __future__ import annotations
@@ -36,15 +39,51 @@ def _is_input_or_size(node: torch.fx.Node) -> bool:
     return node.op == "placeholder" or not isinstance(node.meta.get("val"), torch.Tensor)
 
 
-def _live_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
-    roots = [n for n in graph.nodes if n.op in ("output", "placeholder") or _mutates(n)]
-    live: set[torch.fx.Node] = set()
-    stack = list(roots)
+def _alias_base(node: torch.fx.Node) -> torch.fx.Node:
+    """The node whose storage `node` shares: views and in-place ops (results aliasing their first
+    argument) followed back."""
+    while node.op == "call_function":
+        schema = getattr(node.target, "_schema", None)
+        if (schema is None or not schema.returns or schema.returns[0].alias_info is None or not node.args
+                or not isinstance(node.args[0], torch.fx.Node)):
+            break
+        node = node.args[0]
+    return node
+
+
+def _local_writes(node: torch.fx.Node) -> list[torch.fx.Node] | None:
+    """The intermediate tensors a mutating op writes (their alias bases), or None when it writes a
+    graph input, a parameter or buffer, or something it does not name (a root, then)."""
+    bases = []
+    for i, arg in enumerate(node.target._schema.arguments):
+        if arg.alias_info is None or not arg.alias_info.is_write:
+            continue
+        value = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+        base = _alias_base(value) if isinstance(value, torch.fx.Node) else None
+        if base is None or base.op not in ("call_function", "call_module"):
+            return None
+        bases.append(base)
+    return bases or None
+
+
+def _mark(stack: list[torch.fx.Node], live: set[torch.fx.Node]) -> None:
     while stack:
         node = stack.pop()
         if node not in live:
             live.add(node)
             stack.extend(node.all_input_nodes)
+
+
+def _live_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
+    local = {n: bases for n in graph.nodes if _mutates(n) and (bases := _local_writes(n)) is not None}
+    live: set[torch.fx.Node] = set()
+    _mark([n for n in graph.nodes if n.op in ("output", "placeholder") or (_mutates(n) and n not in local)], live)
+    while True:  # an in-place write matters once a live node reads the tensor it writes
+        read = {_alias_base(n) for n in live}
+        pending = [n for n, bases in local.items() if n not in live and any(b in read for b in bases)]
+        if not pending:
+            break
+        _mark(pending, live)
     for node in graph.nodes:
         if node not in live and not node.users and node.is_impure() and node.all_input_nodes \
                 and all(arg in live and _is_input_or_size(arg) for arg in node.all_input_nodes):

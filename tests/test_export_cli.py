@@ -94,7 +94,7 @@ def test_bench_one_file_and_torch_models(exported, model_and_plan, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["export", "{plan}", "--onnx", "{tmp}/x.onnx"], "pass --model"),
-    (["export", "{vit}", "--onnx", "{tmp}/missing/x.onnx"], "does not exist"),
+    (["export", "{vit}", "--onnx", "{onnx}/x.onnx"], "is a file, so no directory can be made under it"),
     (["bench", "{tmp}/none.onnx"], "does not exist"),
     (["bench", "{onnx}", "--providers", "NoSuchExecutionProvider"], "not available"),
     (["bench", "{onnx}", "{vit}"], "not one of each"),

@@ -20,7 +20,8 @@ from fxapprox.prepare import trace
 _MIDDLE_HOOKS = {
     "vit": ("layernorm_after", "input"), "deit": ("layernorm_after", "input"), "dinov2": ("norm2", "input"),
     "clip-vision": ("layer_norm2", "input"), "bert": ("attention.output.LayerNorm", "output"),
-    "modernbert": ("mlp_norm", "input"), "llama": ("post_attention_layernorm", "input"),
+    "modernbert": ("mlp_norm", "input"), "mpnet": ("attention.LayerNorm", "output"),
+    "llama": ("post_attention_layernorm", "input"),
     "torchvision": ("ln_2", "input"), "timm": ("norm2", "input"), "handwritten": ("norm2", "input"),
 }
 

@@ -95,6 +95,8 @@ def hf_family(name: str):
     elif name == "modernbert":
         model = tf.ModernBertModel(tf.ModernBertConfig(**small, vocab_size=100, global_attn_every_n_layers=2,
                                                        local_attention=4, pad_token_id=0))
+    elif name == "mpnet":  # post-norm, relative position bias added in place to every block's scores
+        model = tf.MPNetModel(tf.MPNetConfig(**small, vocab_size=100))
     elif name == "llama":
         model = tf.LlamaModel(tf.LlamaConfig(**small, vocab_size=100, num_key_value_heads=2))
     else:
@@ -109,7 +111,7 @@ def hf_family(name: str):
     return model, batches, other
 
 
-HF_FAMILIES = ["vit", "deit", "dinov2", "clip-vision", "bert", "modernbert", "llama"]
+HF_FAMILIES = ["vit", "deit", "dinov2", "clip-vision", "bert", "modernbert", "mpnet", "llama"]
 
 
 def torchvision_vit():

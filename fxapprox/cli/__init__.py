@@ -95,6 +95,9 @@ def _run(args: argparse.Namespace) -> int:
         raise SingleProcessCommandError(
             f"`fxapprox {args.command}` runs in one process, but it was started as {distributed.world_size()} "
             f"(torchrun?): run it without torchrun (only {', '.join(_MULTI_PROCESS)} split their work over ranks)")
+    from fxapprox.cli.common import check_output_files
+
+    check_output_files(args)  # every --json/--heatmap/--markdown/--onnx path, before any work
     return int(args.func(args) or 0)
 
 

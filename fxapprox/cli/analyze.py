@@ -18,6 +18,7 @@ from fxapprox.cli.common import (
     add_units_arg,
     load_model_and_calibration,
     nonnegative_int,
+    output_parent,
     positive_int,
 )
 from fxapprox.metrics import METRIC_INFO, METRICS
@@ -103,14 +104,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {rank:2d}. {s:3d} -> {e:<3d} ({e - s} {unit}{'s' if e - s > 1 else ''})  {value:.4g}")
     for note in an.notes:
         print(f"note: {note}", file=sys.stderr)
+    # the paths were checked before the work; their directories are made now that it succeeded
     if args.json:
-        an.to_json(args.json)
+        with output_parent(args.json):
+            an.to_json(args.json)
         print(f"wrote {args.json}")
     if args.heatmap:
-        an.plot(args.heatmap, metric=args.heatmap_metric)
+        with output_parent(args.heatmap):
+            an.plot(args.heatmap, metric=args.heatmap_metric)
         print(f"wrote {args.heatmap}")
     if args.markdown:
-        with open(args.markdown, "w") as fh:
+        with output_parent(args.markdown), open(args.markdown, "w") as fh:
             fh.write(an.to_markdown(metric=args.metric))
         print(f"wrote {args.markdown}")
     return 0

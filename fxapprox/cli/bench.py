@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fxapprox.cli.common import nonnegative_int, positive_int, stage, write_json
+from fxapprox.cli.common import nonnegative_int, positive_int, positive_ints, stage, write_json
 from fxapprox.cli.export import add_model_arguments, load_source
 from fxapprox.errors import ExportError
 
@@ -31,7 +31,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("targets", nargs="+", metavar="TARGET",
                    help="an .onnx file, a plan directory (with --model) or a model name; two for a comparison")
     add_model_arguments(p)
-    p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
+    p.add_argument("--batch-sizes", type=positive_ints, default="1,8,32",
+                   help="comma-separated batch sizes (default 1,8,32)")
     p.add_argument("--providers",
                    help="onnxruntime providers in order, e.g. cuda,cpu (default: CUDA if available, else CPU)")
     p.add_argument("--device", help="PyTorch device for model targets (default: cuda if available)")
@@ -49,6 +50,29 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _providers(text: str) -> list[str]:
+    """`--providers cuda,cpu` → provider names this onnxruntime has, or an error listing those it has."""
+    from fxapprox.errors import ProviderUnavailableError
+    from fxapprox.export.benchmark import resolve_providers
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    try:
+        if names:
+            resolve_providers(names)
+            return names
+    except ProviderUnavailableError:
+        pass
+    import onnxruntime
+
+    have = onnxruntime.get_available_providers()
+    short = [alias for alias, full in (("cuda", "CUDAExecutionProvider"), ("cpu", "CPUExecutionProvider"))
+             if full in have]
+    raise ProviderUnavailableError(
+        f"--providers {text!r} is not available here: onnxruntime here has {', '.join(short + have)}; give a "
+        "comma-separated subset of those (cuda/cpu or onnxruntime's names), or leave --providers out to use the "
+        "best available one")
+
+
 def _is_onnx(target: str) -> bool:
     return target.endswith(".onnx") or (Path(target).is_file() and Path(target).suffix == ".onnx")
 
@@ -61,10 +85,14 @@ def _check_onnx(path: str) -> None:
     if not Path(path).is_file():
         raise ExportError(f"{path} does not exist; write it with `fxapprox export ... --onnx {path}`")
     try:
-        onnx.load(path, load_external_data=False)
+        model = onnx.load(path, load_external_data=False)
     except (DecodeError, ValueError, OSError) as err:
         raise ExportError(f"{path} is not an ONNX model ({type(err).__name__}: {err}); pass an .onnx file written by "
                           "`fxapprox export`, a plan directory or a model name") from None
+    if not model.graph.node or not model.graph.input:
+        size = Path(path).stat().st_size
+        raise ExportError(f"{path} is not an ONNX model ({'an empty file' if not size else 'it has no graph'}); "
+                          "pass an .onnx file written by `fxapprox export`, a plan directory or a model name")
 
 
 def _flops_from_metadata(paths: list[str]) -> float | None:
@@ -87,14 +115,14 @@ def run(args: argparse.Namespace) -> int:
 
     if len(args.targets) > 2:
         raise ExportError("bench takes one target, or two (original, compressed) to compare")
-    try:
-        sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
-    except ValueError:
-        raise ExportError(f"--batch-sizes {args.batch_sizes!r} is not a comma-separated list of integers") from None
-    providers = args.providers.split(",") if args.providers else None
+    providers = _providers(args.providers) if args.providers is not None else None
+    sizes = list(args.batch_sizes)
     onnx = [_is_onnx(t) for t in args.targets]
     if len(set(onnx)) != 1:
         raise ExportError("compare two .onnx files or two models/plan directories, not one of each")
+    if onnx[0]:  # before any work, --baseline optimized too
+        for t in args.targets:
+            _check_onnx(t)
     common = dict(batch_sizes=sizes, warmup=args.warmup, iters=args.iters, threads=args.threads)
     if args.baseline == "optimized":
         from fxapprox.export.optimize import optimized_pair
@@ -108,8 +136,6 @@ def run(args: argparse.Namespace) -> int:
             return run(argparse.Namespace(**{**vars(args), "targets": [str(f) for f in files],
                                              "baseline": "as-given", "baseline_of_record": "optimized"}))
     if onnx[0]:
-        for t in args.targets:
-            _check_onnx(t)
         inputs = onnx_example_inputs(args.targets[0], seq_len=args.seq_len or 128)
         targets = args.targets
         extra: dict[str, Any] = {"providers": providers}
@@ -118,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
         targets = [target for target, _, _ in loaded]
         inputs = loaded[0][1].take(1)
         extra = {"device": args.device}
-    stage("bench", f"timing {' vs '.join(args.targets)} at batch sizes {args.batch_sizes}, {args.iters} calls each")
+    stage("bench", f"timing {' vs '.join(args.targets)} at batch sizes {','.join(map(str, sizes))}, "
+          f"{args.iters} calls each")
     if len(targets) == 1:
         result = benchmark(targets[0], inputs, **common, **extra).as_dict()
         print(format_benchmark(result, args.targets[0]))

@@ -17,7 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from fxapprox.cli.common import SPANS_HELP, add_units_arg, positive_int, spans_arg
+from fxapprox.cli.common import SPANS_HELP, add_units_arg, nonnegative_float, positive_int, spans_arg
 from fxapprox.config import SELECTIONS, TARGETS, TRANSFORMS, CompressConfig
 from fxapprox.errors import ConfigError
 from fxapprox.metrics import METRIC_INFO
@@ -39,13 +39,6 @@ def fraction_arg(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"{value:g} is not a fraction in (0, 1): e.g. 0.25 removes a quarter")
     return value
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -88,10 +81,11 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                      help="what replaces each span: a least-squares linear map, nothing (identity; needs equal "
                      "widths), or auto: the identity where its residual is within --auto-tolerance of the linear "
                      "map's, else linear (default: linear)")
-    fit.add_argument("--auto-tolerance", type=_number, default=_S, metavar="TOL",
+    fit.add_argument("--auto-tolerance", type=nonnegative_float, default=_S, metavar="TOL",
                      help="with --transform auto: largest excess of the identity's normalised residual over the "
                      "linear map's at which the identity is taken (default: 0.01)")
-    fit.add_argument("--ridge", type=_number, default=_S, help="ridge regularisation of the maps (default: 1e-6)")
+    fit.add_argument("--ridge", type=nonnegative_float, default=_S,
+                     help="ridge regularisation of the maps (default: 1e-6)")
     fit.add_argument("--prior", choices=("zero", "identity"), default=_S, help="ridge prior of the maps: "
                      "zero, or identity (shrink towards W = I; helps with few samples)")
     fit.add_argument("--refit", choices=("independent", "sequential"), default=_S,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fxapprox.cli.common import check_out_dir, positive_int
+from fxapprox.study.demo import DEMO_METRICS
 
 __all__ = ["add_parser", "run"]
 
@@ -25,8 +26,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--samples", type=positive_int, default=None, help="calibration samples that score the spans and "
                    "fit the maps (default 256; 500 with --full)")
     p.add_argument("--num-blocks", type=positive_int, default=2, help="blocks to remove (default: 2)")
-    p.add_argument("--metric", default="output", help="score that chooses the spans (default: output, the "
-                   "final-feature error, which predicts real damage best; linear: the papers' error)")
+    p.add_argument("--metric", choices=DEMO_METRICS, default="output", help="score that chooses the spans "
+                   "(default: output, the final-feature error, which predicts real damage best; linear: the papers' "
+                   "error)")
     p.add_argument("--full", action="store_true", help="the papers' protocol: 224 px, 500 samples, whole "
                    "splits (meant for a GPU)")
     p.add_argument("--out", default=None, help="report directory, new or empty (default: "

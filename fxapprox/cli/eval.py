@@ -17,17 +17,16 @@ from fxapprox.cli.common import (
     SPANS_HELP,
     add_model_data_args,
     check_split,
+    ints,
     load_model_and_calibration,
+    nonnegative_int,
     positive_int,
+    read_plan,
     spans_arg,
     write_json,
 )
 
 __all__ = ["add_parser", "run"]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -50,12 +49,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--transform", choices=("linear", "identity"), default="linear",
                    help="what replaces each span: a least-squares linear map, or nothing (identity)")
     p.add_argument("--metric", default="output", help="score that chooses spans with --num-blocks (default: output)")
-    p.add_argument("--train-samples", type=int, default=2000,
+    p.add_argument("--train-samples", type=nonnegative_int, default=2000,
                    help="random train rows for the probe (default: 2000; 0 = the whole split)")
-    p.add_argument("--test-samples", type=int, default=1000,
+    p.add_argument("--test-samples", type=nonnegative_int, default=1000,
                    help="random test rows (default: 1000; 0 = the whole split)")
     p.add_argument("--test-split", default="test", help="split the probe is tested on (default: test)")
-    p.add_argument("--probe-seeds", type=_ints, default=[0, 1, 2], help="probe seeds (default: 0,1,2)")
+    p.add_argument("--probe-seeds", type=ints, default="0,1,2", help="probe seeds, comma-separated (default: 0,1,2)")
     p.add_argument("--epochs", type=positive_int, default=30, help="probe epochs (default: 30; the papers' 5 "
                    "assume whole splits and underfit on a few thousand samples)")
     p.add_argument("--eval-batch-size", type=positive_int, default=64, help="feature extraction batch size")
@@ -68,11 +67,10 @@ def run(args: argparse.Namespace) -> int:
     """Load, compress, extract features, probe, print a table."""
     import fxapprox
     from fxapprox.compression import apply_plan
-    from fxapprox.plan import Plan
     from fxapprox.study import data, evaluate
 
     start = time.perf_counter()
-    plan = Plan.read(args.plan) if args.plan is not None else None  # answered before the model and data load
+    plan = read_plan(args.plan) if args.plan is not None else None  # answered before the model and data load
     model, dataset, calib = load_model_and_calibration(args)
     check_split(dataset, args.test_split, "--test-split")
     models = {"original": model}

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fxapprox.cli.common import positive_int, stage, write_json
-from fxapprox.errors import ExportError
+from fxapprox.cli.common import output_parent, positive_int, read_plan, stage, write_json
+from fxapprox.errors import AssetError, ExportError
 from fxapprox.inputs import ModelInputs
 
 __all__ = ["add_parser", "run", "load_source", "config_inputs"]
@@ -67,7 +68,7 @@ def _is_plan_dir(source: str) -> bool:
 
 def _check_source(source: str) -> None:
     """A path that is neither a plan directory nor a model directory → an error that says what is expected."""
-    path = Path(source).expanduser()
+    path = Path(os.path.expanduser(source))  # unlike Path.expanduser, keeps an unknown ~user
     if not path.exists() or _is_plan_dir(source) or (path / "config.json").is_file():
         return
     what = "an ONNX file" if path.suffix == ".onnx" else "a directory" if path.is_dir() else "a file"
@@ -81,7 +82,11 @@ def _check_source(source: str) -> None:
 def config_inputs(model: torch.nn.Module, batch_size: int, *, image_size: int | None = None,
                   seq_len: int = 16) -> ModelInputs:
     """A model's config → random example inputs (`pixel_values`, or `input_ids` + `attention_mask`)."""
+    from fxapprox.study.data import check_image_size
+
     config = getattr(model, "config", None)
+    if image_size is not None:
+        check_image_size(model, image_size, "--image-size")
     gen = torch.Generator().manual_seed(0)
     if config is not None and hasattr(config, "image_size"):
         side = image_size or config.image_size
@@ -106,9 +111,8 @@ def load_source(source: str, args: argparse.Namespace) -> tuple[Any, ModelInputs
     stage(getattr(args, "command", "export"), f"loading {source}")
     if _is_plan_dir(source):
         import fxapprox
-        from fxapprox.plan import Plan
 
-        model_name = args.model or Plan.read(source).source
+        model_name = args.model or read_plan(source).source
         if not model_name:
             raise ExportError(f"{source} is a plan directory that does not name its model: pass --model with "
                               "the model it was computed on")
@@ -116,7 +120,13 @@ def load_source(source: str, args: argparse.Namespace) -> tuple[Any, ModelInputs
         target = fxapprox.load(original, source)
         example = target.plan.example
     else:
-        original = target = load_model(source)
+        try:
+            original = target = load_model(source)
+        except AssetError as err:
+            if Path(os.path.expanduser(source)).exists():
+                raise
+            raise AssetError(f"{source} is neither a plan directory (no such directory) nor a model: {err}; or "
+                             "pass a plan directory written by `fxapprox compress --out DIR`") from err
         example = None
     if args.inputs is not None:
         from safetensors.torch import load_file
@@ -140,10 +150,11 @@ def run(args: argparse.Namespace) -> int:
                                    "input_shapes": {k: list(v.shape[1:]) for k, v in example.kwargs.items()
                                                     if isinstance(v, torch.Tensor)}}}
     stage("export", f"exporting to {args.onnx}" + ("" if args.no_check else " and checking parity in onnxruntime"))
-    record = to_onnx(target, example, args.onnx, dynamic_batch=not args.static_batch,
-                     dynamic_seq=False if args.static_seq else None, opset=args.opset, metadata=metadata,
-                     external_data=True if args.external_data else None, validate=not args.no_check,
-                     optimize=args.optimize, precision=args.precision)
+    with output_parent(args.onnx):
+        record = to_onnx(target, example, args.onnx, dynamic_batch=not args.static_batch,
+                         dynamic_seq=False if args.static_seq else None, opset=args.opset, metadata=metadata,
+                         external_data=True if args.external_data else None, validate=not args.no_check,
+                         optimize=args.optimize, precision=args.precision)
     print(format_export(record, flops.per_item, flops.params))
     extra: dict[str, Any] = {}
     if record.optimization:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fxapprox.cli.common import add_units_arg, nonnegative_int, positive_int, spans_arg
+from fxapprox.cli.common import (
+    add_units_arg,
+    check_out_dir,
+    nonnegative_int,
+    optional_positive_ints,
+    positive_int,
+    spans_arg,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -36,11 +43,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, default=30, help="probe epochs (default 30: the papers' 5 underfit "
                    "on subsets)")
     p.add_argument("--no-identity", action="store_true", help="skip measuring every span replaced by the identity")
-    p.add_argument("--sample-sizes", default="", help="fit-sample ablation (TOAST Figure 5), comma-separated, "
+    p.add_argument("--sample-sizes", type=optional_positive_ints, default="",
+                   help="fit-sample ablation (TOAST Figure 5), comma-separated, "
                    "e.g. 10,50,100,500,1000 (default: none)")
     p.add_argument("--ablation-spans", type=spans_arg, default=None,
                    help="spans of the sample-size ablation, e.g. 0-1,9-10 (default: every single-block span)")
-    p.add_argument("--selection-blocks", default="1,2,3,4", help="num_blocks values to compare selections at "
+    p.add_argument("--selection-blocks", type=optional_positive_ints, default="1,2,3,4",
+                   help="num_blocks values to compare selections at "
                    "('' to skip)")
     p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap rounds for the P@k intervals")
     add_units_arg(p)
@@ -55,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
     from fxapprox.study import assets
     from fxapprox.study.selection_eval import SelectEvalConfig, select_eval, write_report
 
+    check_out_dir(args.out, overwrite=True)  # a report is rewritten in place: only refuse a file or no way to make it
     cfg = SelectEvalConfig(samples=args.samples, train_samples=args.train or None, test_samples=args.test or None,
                            size=args.size, max_len=args.max_len, batch_size=args.batch_size, bootstrap=args.bootstrap,
                            epochs=args.epochs, identity=not args.no_identity,
-                           sample_sizes=tuple(int(n) for n in args.sample_sizes.split(",") if n),
+                           sample_sizes=args.sample_sizes,
                            ablation_spans=tuple(args.ablation_spans) if args.ablation_spans else None,
-                           selection_blocks=tuple(int(k) for k in args.selection_blocks.split(",") if k),
+                           selection_blocks=args.selection_blocks,
                            units=args.units)
     model = assets.load_model(args.model)
     if torch.cuda.is_available():

@@ -10,6 +10,7 @@ and `fxapprox.study.evaluate` take.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fxapprox.errors import AssetError, CalibrationError
 from fxapprox.study import assets
 
 __all__ = [
@@ -29,6 +31,10 @@ __all__ = [
     "calibration_loader",
     "data_loader",
     "random_subset",
+    "model_modality",
+    "dataset_modality",
+    "check_modality",
+    "check_image_size",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,6 +120,62 @@ def _modality(dataset: Any) -> str | None:
     if names and "text" in names:
         return "text"
     return None
+
+
+def model_modality(name: str) -> str | None:
+    """Model name → `"image"` or `"text"` without loading weights: a built-in name's, or what a local
+    Hugging Face directory's config.json says (`image_size` → image, else `vocab_size` → text); None
+    when it cannot be told (a hub id, a config with neither)."""
+    import json
+    from pathlib import Path
+
+    if name in assets.MODELS:
+        return assets.MODELS[name]
+    config = Path(os.path.expanduser(name)) / "config.json"
+    try:
+        raw = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, Mapping):
+        return None
+    raw = raw.get("vision_config", raw) if isinstance(raw.get("vision_config"), Mapping) else raw
+    if "image_size" in raw:
+        return "image"
+    return "text" if "vocab_size" in raw else None
+
+
+def dataset_modality(dataset: Any, name: str | None = None) -> str | None:
+    """A built-in dataset name's modality, else the dataset's columns' (`image` or `text`); None if unknown."""
+    return assets.DATASETS.get(name) if name in assets.DATASETS else _modality(dataset)
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def check_modality(model: str, dataset: Any, data_name: str | None = None) -> None:
+    """A model that takes images given text data (or the reverse) → `AssetError` before any work."""
+    want, have = model_modality(model), dataset_modality(dataset, data_name)
+    if want is None or have is None or want == have:
+        return
+    fits = sorted(n for n, kind in assets.DATASETS.items() if kind == want)
+    others = sorted(n for n, kind in assets.MODELS.items() if kind == have)
+    data = f"the data set {data_name!r}" if data_name else "the data set"
+    raise AssetError(f"model {model!r} takes {want} input but {data} holds {have} rows: pass {_a(want)} data set "
+                     f"(built-in: {', '.join(fits)}) or {_a(have)} model (built-in: {', '.join(others)})")
+
+
+def check_image_size(model: torch.nn.Module, size: int, option: str = "size") -> None:
+    """An image side below the model's patch size → `CalibrationError` before any capture."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "vision_config", config)
+    patch = getattr(config, "patch_size", None)
+    if getattr(config, "image_size", None) is None or patch is None:  # not a vision model with patches
+        return
+    patch = max(patch) if isinstance(patch, (list, tuple)) else int(patch)
+    if size < patch:
+        raise CalibrationError(f"{option} {size}: image smaller than the patch size {patch} of the model; give "
+                               f"{option} >= {patch} (a multiple of {patch}, e.g. {4 * patch})")
 
 
 def make_preprocessor(model_name_or_processor: Any, *, dataset: Any = None,

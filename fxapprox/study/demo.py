@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,9 +20,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["DemoConfig", "run_demo", "summary", "default_out"]
+from fxapprox.errors import MissingScoreError, OutputExistsError
+from fxapprox.metrics import METRIC_INFO
+from fxapprox.study import data
+
+__all__ = ["DemoConfig", "run_demo", "summary", "default_out", "check_config", "DEMO_METRICS"]
 
 log = logging.getLogger(__name__)
+
+# scores the demo can choose spans by: every metric but `heldout`, which needs k-fold moments it does not gather
+DEMO_METRICS = tuple(m for m in METRIC_INFO if m != "heldout")
 
 
 @dataclass
@@ -60,24 +69,55 @@ def default_out() -> Path:
 
 
 def _step(name: str):
-    print(f"[fxapprox demo] {name} ...", flush=True)
+    """One stage line on stderr, like every `fxapprox` command's."""
+    print(f"[fxapprox demo] {name} ...", file=sys.stderr, flush=True)
     return time.perf_counter()
+
+
+def check_config(cfg: DemoConfig, out: Path, overwrite: bool) -> None:
+    """What can be checked before any work: the metric, the model's and the data's modalities (built-in
+    names), and `out` (a non-empty directory only with `overwrite`)."""
+    if cfg.metric not in DEMO_METRICS:
+        raise MissingScoreError(f"the demo cannot choose spans by metric {cfg.metric!r}: use one of "
+                                f"{', '.join(DEMO_METRICS)}")
+    data.check_modality(cfg.model, None, cfg.data)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} is a file, not a report directory: choose another directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{out} already holds files: choose another report directory, or pass "
+                                "overwrite=True to write into it")
 
 
 def run_demo(cfg: DemoConfig, out: Path | None = None, *, overwrite: bool = False) -> Path:
     """Run every stage on `cfg` and write the report into `out` (default `default_out()`); returns
-    the report directory. `overwrite` replaces plans already in `out`."""
+    the report directory. A non-empty `out` → `OutputExistsError` unless `overwrite` (which replaces
+    plans already there). A directory the demo made is removed again when a stage fails."""
+    out = Path(out) if out is not None else default_out()
+    check_config(cfg, out, overwrite)
+    made = None if out.exists() else out  # the topmost directory this call makes (`reports/` too, when new)
+    while made is not None and not made.parent.exists():
+        made = made.parent
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(cfg, out, overwrite)
+    except BaseException:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+
+
+def _run(cfg: DemoConfig, out: Path, overwrite: bool) -> Path:
     import fxapprox
     from fxapprox.export import compare, to_onnx
-    from fxapprox.study import assets, data
+    from fxapprox.study import assets
     from fxapprox.study.evaluate import compare_models
 
-    out = Path(out) if out is not None else default_out()
-    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t = _step(f"loading {cfg.model} and {cfg.data}")
-    model = assets.load_model(cfg.model)
     dataset = assets.load_dataset(cfg.data)
+    data.check_modality(cfg.model, dataset, cfg.data)  # a directory's columns are known once it is loaded
+    model = assets.load_model(cfg.model)
+    data.check_image_size(model, cfg.size)
 
     def loader(split: str, n: int | None, labels: bool = False, seed: int = cfg.seed):
         return data.data_loader(cfg.model, dataset, split=split, num_samples=n, batch_size=cfg.batch_size,
@@ -95,7 +135,7 @@ def run_demo(cfg: DemoConfig, out: Path | None = None, *, overwrite: bool = Fals
     an.model = cfg.model
     spans = an.select(cfg.num_blocks, metric=cfg.metric)
     an.to_json(out / "analysis.json")
-    an.plot(out / "heatmap.png", metric=cfg.metric, mark=spans)
+    _plot_heatmap(an, out / "heatmap.png", cfg.metric, spans, max_len=cfg.num_blocks if held_out else None)
     timings["analyze_s"] = time.perf_counter() - t
 
     t = _step(f"compressing: span(s) {_spans(spans)} chosen by the {cfg.metric} score, linear and identity, "
@@ -145,8 +185,42 @@ def run_demo(cfg: DemoConfig, out: Path | None = None, *, overwrite: bool = Fals
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "report.md").write_text(_markdown(report))
     print(summary(report), flush=True)
-    print(f"[fxapprox demo] report written to {out.resolve()}", flush=True)
+    print(f"report written to {out.resolve()}", flush=True)
     return out
+
+
+def colour_label(an: Any, metric: str) -> str:
+    """The one quantity the heatmap's colours show."""
+    if metric == "output":
+        if an.output_target == "logits":
+            return "KL divergence of the compressed model's predictions from the original's"
+        return "relative error of the final features (compressed vs original)"
+    return METRIC_INFO[metric].description
+
+
+def _plot_heatmap(an: Any, path: Path, metric: str, spans: list[tuple[int, int]], *, max_len: int | None) -> None:
+    """The analysis' heatmap of `metric`, each cell also saying how many blocks its span removes, the
+    colour bar naming the one quantity shown, the title saying why cells are blank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cell = 0.75 * (an.num_blocks + 1) + 3.0
+    fig, ax = plt.subplots(figsize=(cell + 1.5, cell))
+    an._heatmap(ax, fig, metric, mark=spans)
+    for text in ax.texts:  # column e, row s + 1: the span s → e removes e - s blocks
+        col, row = text.get_position()
+        removed = round(col) - round(row) + 1
+        text.set_text(f"{text.get_text()}\n{removed} block{'s' if removed > 1 else ''}")
+    fig.axes[-1].set_ylabel(colour_label(an, metric))
+    blank = (f"\nblank: spans of more than {max_len} blocks, which the {metric} score does not score "
+             f"(it scores spans of up to {max_len})" if max_len else "")
+    ax.set_title(f"{an.model}: {metric} score of replacing blocks s+1..e\n"
+                 f"each cell: the score and how many blocks the span removes{blank}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _spans(spans: list[tuple[int, int]]) -> str:
