@@ -34,6 +34,8 @@ __all__ = [
     "RankFailedError",
     "RankMismatchError",
     "OutputExistsError",
+    "InferenceOnlyError",
+    "GraphDtypeError",
 ]
 
 
@@ -161,3 +163,12 @@ class SingleProcessCommandError(DistributedError):
 
 class OutputExistsError(FxApproxError, FileExistsError):
     """An output directory already holds files and overwriting them was not allowed."""
+
+
+class InferenceOnlyError(FxApproxError, NotImplementedError):
+    """Training mode was asked of a captured (inference-only) module."""
+
+
+class GraphDtypeError(FxApproxError, TypeError):
+    """A captured graph fixed a floating dtype (an upcast, a cast to the weights' dtype) that a
+    conversion of the module (`.half()`, `.to(dtype)`) would have to change."""

@@ -15,7 +15,7 @@ import torch
 import torch.fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-__all__ = ["PruneDeadCodePass", "prune_dead_code", "PruneRecord"]
+__all__ = ["PruneDeadCodePass", "prune_dead_code", "PruneRecord", "mutates"]
 
 
 @dataclass
@@ -27,7 +27,8 @@ class PruneRecord:
     tensors_removed: list[str]
 
 
-def _mutates(node: torch.fx.Node) -> bool:
+def mutates(node: torch.fx.Node) -> bool:
+    """True for a call of an op whose schema mutates an argument."""
     schema = getattr(node.target, "_schema", None)
     return node.op == "call_function" and schema is not None and schema.is_mutable
 
@@ -37,7 +38,7 @@ def _is_input_or_size(node: torch.fx.Node) -> bool:
 
 
 def _live_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
-    roots = [n for n in graph.nodes if n.op in ("output", "placeholder") or _mutates(n)]
+    roots = [n for n in graph.nodes if n.op in ("output", "placeholder") or mutates(n)]
     live: set[torch.fx.Node] = set()
     stack = list(roots)
     while stack:
