@@ -3,8 +3,9 @@
 `trace()` captures the model on an example batch, cleans the graph (`fxapprox.passes.cleanup`:
 all-true attention masks, eval-mode dropout, no-op copies, export's dtype assertions go, so the
 capture does what the eager model does and accepts the dtypes it accepts), finds its boundary
-nodes `H_-1 .. H_{L-1}` (with `units="half"` also the middles `M_k`) and their widths; `prepare()` does the same from the first
-batch of a calibration loader and hands back the batches to calibrate on. `compress`, `load`,
+nodes `H_-1 .. H_{L-1}` (with `units="half"` also the middles `M_k`) and their widths;
+`prepare()` does the same from the first batch of a calibration loader and hands back the
+batches to calibrate on. `compress`, `load`,
 `analyze` and `span_features` all begin here.
 """
 
