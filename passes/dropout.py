@@ -15,7 +15,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from fxapprox.passes.record_pass import RecordPass
+from fxapprox.passes.record_pass import RecordPass, bypass_nodes
 
 __all__ = ["RemoveDropoutPass", "remove_dropout", "DropoutRecord"]
 
@@ -48,15 +48,9 @@ def _is_identity(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
 
 def remove_dropout(gm: torch.fx.GraphModule) -> DropoutRecord:
     """Bypass and erase every dropout that is the identity; recompile if any went."""
-    record = DropoutRecord()
-    for node in list(gm.graph.nodes):
-        if _is_identity(gm, node) and isinstance(node.args[0], torch.fx.Node):
-            node.replace_all_uses_with(node.args[0])
-            gm.graph.erase_node(node)
-            record.removed.append(node.name)
+    record = DropoutRecord(bypass_nodes(gm, lambda node: _is_identity(gm, node)))
     if record.removed:
         gm.delete_all_unused_submodules()
-        gm.recompile()
     return record
 
 

@@ -17,7 +17,7 @@ import torch.fx
 from torch.fx.experimental.symbolic_shapes import guard_or_false
 
 from fxapprox.passes.dead_code import mutates
-from fxapprox.passes.record_pass import RecordPass
+from fxapprox.passes.record_pass import RecordPass, bypass_nodes
 
 __all__ = ["RemoveNoOpCopiesPass", "remove_noop_copies", "CopyRecord"]
 
@@ -43,7 +43,7 @@ def _statically_contiguous(node: torch.fx.Node) -> bool:
 
 
 def _is_noop(node: torch.fx.Node, mutation_free: bool) -> bool:
-    if node.op != "call_function" or not isinstance(node.args[0], torch.fx.Node):
+    if node.op != "call_function" or not node.args:
         return False
     memory_format = node.kwargs.get("memory_format")
     if node.target is aten.contiguous.default:
@@ -58,15 +58,7 @@ def _is_noop(node: torch.fx.Node, mutation_free: bool) -> bool:
 def remove_noop_copies(gm: torch.fx.GraphModule) -> CopyRecord:
     """Bypass and erase every copy that changes nothing; recompile if any went."""
     mutation_free = not any(mutates(n) for n in gm.graph.nodes)
-    record = CopyRecord()
-    for node in list(gm.graph.nodes):
-        if _is_noop(node, mutation_free):
-            node.replace_all_uses_with(node.args[0])
-            gm.graph.erase_node(node)
-            record.removed.append(node.name)
-    if record.removed:
-        gm.recompile()
-    return record
+    return CopyRecord(bypass_nodes(gm, lambda node: _is_noop(node, mutation_free)))
 
 
 class RemoveNoOpCopiesPass(RecordPass):
