@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# GPU checks of issue 22 in one device call (at most 9 minutes by the time limits, within one 600 s device call): the CUDA tests of the
-# compressed module and of the cleanup passes, then the PyTorch benchmark of ViT-S at 112 px
-# (spans 3→5, 8→10) on CUDA: eager at batch 1/8/64 in fp32, bf16 autocast, bf16 and fp16 weights,
-# the eager original against its uncompressed capture, operator counts, then torch.compile at
-# batch 1/64 (fp32, bf16 autocast). Every step is time-boxed; a step that fails leaves its log
-# and the later steps still run. Results (JSON + logs) go to $OUT (default ./gpu_check_out).
+# GPU checks of issue 22 in one device call (at most 9 minutes by the steps' time limits, so one
+# `run` with timeout_s=600 holds it): the CUDA tests of the compressed module and of the statistics
+# on devices, then the PyTorch benchmark of ViT-S at 112 px (spans 3→5, 8→10) on CUDA: eager at
+# batch 1/8/64 in fp32, bf16 autocast, bf16 and fp16 weights, the eager original against its
+# uncompressed capture, operator counts; then torch.compile at batch 1/64 (fp32, bf16 autocast).
+# A step that fails or runs out of time leaves its log and the later steps still run. Results
+# (JSON + logs + steps.txt) go to $OUT (default /tmp/gpu_check_out).
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root; PYTHON= picks the interpreter
 set -u
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/gpu_check_out}
+OUT=${OUT:-/tmp/gpu_check_out}
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
