@@ -10,7 +10,8 @@ removed). Both models go through `fxapprox.export.to_onnx` with the same `--opti
 `--precisions`, then are timed interleaved in one onnxruntime run per precision
 (`fxapprox.export.compare`). The goal is a measured speed-up of at least 0.9 × the FLOP-ratio
 speed-up. `--optimizers` also times the original fused by onnxscript vs by onnxruntime's
-transformer optimizer. `--torch` also times PyTorch eager. Prints one JSON document.
+transformer optimizer. `--torch` also times PyTorch eager, fp32 and bf16 autocast
+(`fxapprox.export.torch_compare`; `bench_torch.py` has every precision). Prints one JSON document.
 
     python benchmarks/bench_export.py [--real --image-size 56] [--optimize] [--precisions fp32,int8]
         [--batch-sizes 1,32] [--iters 40] [--providers cpu] [--optimizers] [--torch] [--json PATH]
@@ -206,23 +207,12 @@ def main(argv: list[str] | None = None) -> int:
                                  "note": "'original' = onnxruntime's transformer optimizer, 'compressed' = "
                                          "onnxscript optimize_for_ort, both on the original model",
                                  "onnxruntime": _summary(report)}
-    if args.torch:
-        # A torch.export graph holds device constants: on CUDA, compress a CUDA copy of the model.
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda":
-            model = model.to(device)
-            res = fxapprox.compress(model, [c.to(device) for c in calib], spans=SPANS, transform="linear",
-                                    num_samples=args.calib_samples, progress=False)
-        report = compare(model, res, example.to(device), batch_sizes=sizes, warmup=args.warmup,
-                         iters=args.iters, threads=args.threads, device=device, modules=(model, res))
-        out["torch"] = _summary(report)
-        # The compressed module is a torch.export graph; the same capture of the original model,
-        # uncompressed, separates the effect of the compression from that of the capture.
-        captured = torch.export.export(model, (example.to(device),), strict=False,
-                                       dynamic_shapes=({0: torch.export.Dim.AUTO},)).module()
-        report = compare(captured, res, example.to(device), batch_sizes=sizes, warmup=args.warmup,
-                         iters=args.iters, threads=args.threads, device=device, flop_speedup=flops["flop_ratio"])
-        out["torch_captured_baseline"] = _summary(report)
+    if args.torch:  # both modules on one device (CUDA where present), interleaved and warm: see bench_torch.py
+        from fxapprox.export.torch_bench import torch_compare
+
+        out["torch"] = torch_compare(model, res, example, batch_sizes=sizes, precisions=("fp32", "bf16-autocast"),
+                                     warmup=args.warmup, iters=args.iters, threads=args.threads,
+                                     flop_speedup=flops["flop_ratio"])
     print(json.dumps(out, indent=2))
     if args.json:
         write_json(args.json, out)

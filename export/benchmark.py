@@ -29,7 +29,8 @@ from fxapprox.export.onnx import _set_eval, _unwrap, ort_feed, resize_inputs
 from fxapprox.export.runtime import onnxruntime
 from fxapprox.inputs import ModelInputs, as_model_inputs
 
-__all__ = ["Timing", "BenchResult", "benchmark", "compare", "resolve_providers", "onnx_example_inputs"]
+__all__ = ["Timing", "BenchResult", "benchmark", "compare", "resolve_providers", "onnx_example_inputs",
+           "interleaved", "comparison_row", "torch_runner", "torch_device"]
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,8 @@ def _ort_runner(session: Any, provider: str, inputs: ModelInputs, io_binding: bo
     return run
 
 
-def _torch_device(device: str | torch.device | None) -> torch.device:
+def torch_device(device: str | torch.device | None) -> torch.device:
+    """`device` (None: CUDA where present, else CPU) → a torch device; CUDA asked for but absent is an error."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
@@ -159,12 +161,15 @@ def _on_device(module: nn.Module, device: torch.device) -> nn.Module:
     return copy.deepcopy(module).to(device)
 
 
-def _torch_runner(module: nn.Module, inputs: ModelInputs, device: torch.device) -> Callable[[], Any]:
+def torch_runner(module: nn.Module, inputs: ModelInputs, device: torch.device,
+                 autocast: torch.dtype | None = None) -> Callable[[], Any]:
+    """A zero-argument call of `module` on `inputs` (moved to `device`) in inference mode, under
+    autocast to `autocast` when given; on CUDA it returns after the GPU has finished."""
     on_device = conform_inputs(module, inputs).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def run() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             on_device.call(module)
         sync()
 
@@ -190,7 +195,7 @@ class _Target:
                                   "device= instead")
             module, _ = _unwrap(target)
             _set_eval(module)
-            dev = _torch_device(device)
+            dev = torch_device(device)
             if threads:
                 torch.set_num_threads(threads)
             self.module, self.session = _on_device(module, dev), None
@@ -201,7 +206,7 @@ class _Target:
     def runner(self, inputs: ModelInputs) -> Callable[[], Any]:
         if self.session is not None:
             return _ort_runner(self.session, self.provider, inputs, self.io_binding)
-        return _torch_runner(self.module, inputs, torch.device(self.device))
+        return torch_runner(self.module, inputs, torch.device(self.device))
 
 
 def onnx_example_inputs(path: str | Path, *, batch_size: int = 1, seq_len: int = 128) -> ModelInputs:
@@ -236,6 +241,45 @@ def _time(run: Callable[[], Any]) -> float:
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
+
+
+def interleaved(run_a: Callable[[], Any], run_b: Callable[[], Any], warmup: int, iters: int,
+                warmup_s: float = 0.0) -> tuple[list[float], list[float]]:
+    """Seconds per call of `run_a` and `run_b`, `iters` each, alternating which goes first, after
+    untimed warm-up calls of both: at least `warmup` each and until `warmup_s` seconds have passed."""
+    start, done = time.perf_counter(), 0
+    while done < warmup or time.perf_counter() - start < warmup_s:
+        run_a()
+        run_b()
+        done += 1
+    ta, tb = [], []
+    for i in range(iters):
+        if i % 2:
+            ta.append(_time(run_a))
+            tb.append(_time(run_b))
+        else:
+            tb.append(_time(run_b))
+            ta.append(_time(run_a))
+    return ta, tb
+
+
+def comparison_row(batch_size: int, original_s: Sequence[float], compressed_s: Sequence[float],
+                   flop_speedup: float | None) -> dict[str, Any]:
+    """Timings of original and compressed at one batch size → their row of a comparison: both
+    timings, `speedup` (original / compressed median), `latency_ratio`, `efficiency` (speedup / FLOP ratio)."""
+    ma, mb = Timing.of(batch_size, original_s), Timing.of(batch_size, compressed_s)
+    speedup = ma.median_ms / mb.median_ms
+    log.info("batch %d: %.3f ms → %.3f ms (speed-up %.2f×, FLOP ratio %s)", batch_size, ma.median_ms, mb.median_ms,
+             speedup, f"{flop_speedup:.2f}×" if flop_speedup else "n/a")
+    return {
+        "batch_size": batch_size,
+        "original": asdict(ma),
+        "compressed": asdict(mb),
+        "speedup": speedup,
+        "latency_ratio": mb.median_ms / ma.median_ms,
+        "flop_speedup": flop_speedup,
+        "efficiency": speedup / flop_speedup if flop_speedup else None,
+    }
 
 
 def benchmark(path_or_module: Any, inputs: Any = None, *, providers: Sequence[str] | str | None = None,
@@ -297,31 +341,7 @@ def compare(original: Any, compressed: Any, inputs: Any, *, providers: Sequence[
     rows = []
     for bs in batch_sizes:
         sized = _batch(inputs, bs)
-        run_a, run_b = a.runner(sized), b.runner(sized)
-        for _ in range(warmup):
-            run_a()
-            run_b()
-        ta, tb = [], []
-        for i in range(iters):
-            if i % 2:
-                ta.append(_time(run_a))
-                tb.append(_time(run_b))
-            else:
-                tb.append(_time(run_b))
-                ta.append(_time(run_a))
-        ma, mb = Timing.of(bs, ta), Timing.of(bs, tb)
-        speedup = ma.median_ms / mb.median_ms
-        rows.append({
-            "batch_size": bs,
-            "original": asdict(ma),
-            "compressed": asdict(mb),
-            "speedup": speedup,
-            "latency_ratio": mb.median_ms / ma.median_ms,
-            "flop_speedup": flop_speedup,
-            "efficiency": speedup / flop_speedup if flop_speedup else None,
-        })
-        log.info("batch %d: %.3f ms → %.3f ms (speed-up %.2f×, FLOP ratio %s)", bs, ma.median_ms, mb.median_ms,
-                 speedup, f"{flop_speedup:.2f}×" if flop_speedup else "n/a")
+        rows.append(comparison_row(bs, *interleaved(a.runner(sized), b.runner(sized), warmup, iters), flop_speedup))
     return {
         "backend": a.backend,
         "provider": a.provider,

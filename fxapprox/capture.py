@@ -4,6 +4,11 @@
 torchvision and timm models; Hugging Face models (transformers 5.x) need
 `torch.export.export(strict=False)` with a dynamic batch dimension (and a dynamic sequence
 dimension for token inputs), then `.module()`. `Captured.path` records which one ran.
+
+Either way the graph comes back as an `InferenceModule`: a plain `torch.fx.GraphModule` in eval
+mode that behaves like the model's `nn.Module` for `.eval()`, `.to(device)`, `.to(dtype)` and
+`.half()` (the module `torch.export` hands back refuses `.eval()`), and refuses training mode with
+a typed error (eval-mode dropout is baked into, then removed from, the graph).
 """
 
 from __future__ import annotations
@@ -20,10 +25,10 @@ from torch import nn
 from torch.export import Dim
 
 from fxapprox.blocks import BlockStack
-from fxapprox.errors import CaptureError, UnsupportedBatchError
+from fxapprox.errors import CaptureError, GraphDtypeError, InferenceOnlyError, UnsupportedBatchError
 from fxapprox.inputs import ModelInputs
 
-__all__ = ["Captured", "capture", "conform_inputs", "flat_graph_inputs"]
+__all__ = ["Captured", "InferenceModule", "capture", "conform_inputs", "flat_graph_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,90 @@ class Captured:
 
     module: torch.fx.GraphModule
     path: CapturePath
+
+
+class InferenceModule(torch.fx.GraphModule):
+    """A captured graph as an inference-only `nn.Module`.
+
+    Always in eval mode: `.train(False)`/`.eval()` work, `.train()` raises `InferenceOnlyError`.
+    Moving it (`.to("cuda")`, `.cuda()`, `.cpu()`) also moves the devices written into the graph
+    at capture (`arange(..., device="cpu")`, `to(device)`). An exported graph's module also takes
+    its inputs positionally or by keyword alike.
+    """
+
+    def __init__(self, root: nn.Module | dict[str, Any], graph: torch.fx.Graph, class_name: str = "GraphModule"):
+        super().__init__(root, graph, class_name)
+        super().train(False)
+        if getattr(self, "_in_spec", None) is not None:
+            self.register_forward_pre_hook(_conform_call, with_kwargs=True, prepend=True)
+
+    def _deepcopy_init(self):
+        return InferenceModule.__init__
+
+    def train(self, mode: bool = True) -> InferenceModule:
+        if mode:
+            raise InferenceOnlyError(
+                "a captured or compressed module is inference-only: dropout and other training-mode "
+                "behaviour were fixed to eval mode when the graph was captured, so .train() cannot "
+                "restore them; fine-tune the original model and compress it again"
+            )
+        return super().train(False)
+
+    def _apply(self, fn, recurse: bool = True):
+        """`.to(...)`, `.half()`, `.cuda()`...: the tensors, and the devices and dtypes written into the graph."""
+        reference = next((p for p in self.parameters() if p.is_floating_point()), None)
+        if reference is None:
+            return super()._apply(fn, recurse)
+        probe = fn(torch.empty(0, dtype=reference.dtype, device=reference.device))
+        casts = _input_casts(self.graph, reference.dtype) if probe.dtype != reference.dtype else []
+        result = super()._apply(fn, recurse)
+        _retarget(self, reference.device, probe.device, {id(n) for n in casts}, probe.dtype)
+        return result
+
+
+_CASTS = {torch.ops.aten.to.dtype, torch.ops.aten.to.dtype_layout, torch.ops.aten.to.device,
+          torch.ops.aten._to_copy.default}
+
+
+def _input_casts(graph: torch.fx.Graph, old: torch.dtype) -> list[torch.fx.Node]:
+    """The casts to `old` (the weights' dtype) that a dtype conversion of the module must follow:
+    those of graph inputs (a model casting its inputs to its weights' dtype). A cast to `old`
+    anywhere else (an upcast inside a norm) cannot be told apart from one that follows the
+    weights: `GraphDtypeError`."""
+    casts = [n for n in graph.nodes if n.op == "call_function" and n.target in _CASTS
+             and old in (*n.args[1:], *n.kwargs.values())]
+    fixed = [n.name for n in casts if n.args[0].op != "placeholder"]
+    if fixed:
+        raise GraphDtypeError(
+            f"the captured graph casts to {old} inside the model ({', '.join(fixed[:4])}"
+            f"{', ...' if len(fixed) > 4 else ''}): converting the module to another dtype cannot tell which of "
+            "these casts should follow; convert the original model to the dtype you want (model.to(dtype)) "
+            "and compress or load the plan on it"
+        )
+    return casts
+
+
+def _retarget(gm: torch.fx.GraphModule, old: torch.device, new: torch.device, casts: set[int],
+              dtype: torch.dtype) -> None:
+    """Devices in node arguments that name `old` (`cpu`, `cuda`, `cuda:0`) → `new`, and the floating
+    dtype of the nodes in `casts` → `dtype`; recompile if anything changed."""
+    if old == new and not casts:
+        return
+
+    def device(value: Any) -> Any:
+        if isinstance(value, torch.device) and value.type == old.type \
+                and (value.index is None or old.index is None or value.index == old.index):
+            return new
+        return value
+
+    def cast(value: Any) -> Any:
+        return dtype if isinstance(value, torch.dtype) and value.is_floating_point else device(value)
+
+    for node in gm.graph.nodes:
+        fn = cast if id(node) in casts else device
+        node.args = torch.fx.node.map_aggregate(node.args, fn)
+        node.kwargs = torch.fx.node.map_aggregate(node.kwargs, fn)
+    gm.recompile()
 
 
 class _LeafBlockTracer(torch.fx.Tracer):
@@ -53,7 +142,7 @@ def _symbolic_trace(model: nn.Module, stack: BlockStack, inputs: ModelInputs,
                     inline_blocks: bool = False) -> torch.fx.GraphModule:
     tracer = _LeafBlockTracer(set() if inline_blocks else {stack.block_path(i) for i in range(stack.num_blocks)})
     graph = tracer.trace(model)
-    gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm = InferenceModule(tracer.root, graph, type(model).__name__)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(inputs.args) > len(placeholders) or any(k not in {p.target for p in placeholders} for k in inputs.kwargs):
         raise TypeError("traced graph does not take the calibration inputs")
@@ -100,9 +189,8 @@ def _export(model: nn.Module, inputs: ModelInputs) -> torch.fx.GraphModule:
     args_spec, kwargs_spec = _dynamic_shapes(inputs)
     dynamic_shapes = {**dict(zip(_positional_names(model, len(inputs.args)), args_spec)), **kwargs_spec}
     ep = torch.export.export(model, inputs.args, inputs.kwargs, dynamic_shapes=dynamic_shapes, strict=False)
-    gm = ep.module()
-    gm.register_forward_pre_hook(_conform_call, with_kwargs=True, prepend=True)
-    return gm
+    exported = ep.module()
+    return InferenceModule(exported, exported.graph, type(model).__name__)
 
 
 def _positional_names(model: nn.Module, count: int) -> list[str]:

@@ -37,6 +37,8 @@ __all__ = [
     "ConfigError",
     "SpanConfigError",
     "MetricConfigError",
+    "InferenceOnlyError",
+    "GraphDtypeError",
 ]
 
 
@@ -180,3 +182,12 @@ class SpanConfigError(ConfigError, SpanError):
 
 class MetricConfigError(ConfigError, MissingScoreError):
     """`metric` names a score that `compress` does not take."""
+
+
+class InferenceOnlyError(FxApproxError, NotImplementedError):
+    """Training mode was asked of a captured (inference-only) module."""
+
+
+class GraphDtypeError(FxApproxError, TypeError):
+    """A captured graph fixed a floating dtype (an upcast, a cast to the weights' dtype) that a
+    conversion of the module (`.half()`, `.to(dtype)`) would have to change."""

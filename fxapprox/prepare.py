@@ -1,13 +1,17 @@
 """Model + calibration loader (or one example batch) → the traced graph every pipeline starts from.
 
-`trace()` captures the model on an example batch, finds its boundary nodes `H_-1 .. H_{L-1}` (with
-`units="half"` also the middles `M_k`) and their widths; `prepare()` does the same from the first
-batch of a calibration loader and hands back the batches to calibrate on. `compress`, `load`,
+`trace()` captures the model on an example batch, cleans the graph (`fxapprox.passes.cleanup`:
+all-true attention masks, eval-mode dropout, no-op copies, export's dtype assertions go, so the
+capture does what the eager model does and accepts the dtypes it accepts), finds its boundary
+nodes `H_-1 .. H_{L-1}` (with `units="half"` also the middles `M_k`) and their widths;
+`prepare()` does the same from the first batch of a calibration loader and hands back the
+batches to calibrate on. `compress`, `load`,
 `analyze` and `span_features` all begin here.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +24,11 @@ from fxapprox.boundaries import UNITS, Boundaries, find_boundaries
 from fxapprox.calibrate import iter_batches
 from fxapprox.capture import capture, flat_graph_inputs
 from fxapprox.inputs import ModelInputs
+from fxapprox.passes.cleanup import cleanup
 
 __all__ = ["Traced", "Prepared", "trace", "prepare", "example_batch", "model_device"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,6 +99,10 @@ def trace(model: nn.Module, example: ModelInputs, stack: BlockStack, units: str 
         raise ValueError(f"units={units!r} is not one of {UNITS}")
     example = example_batch(example).to(model_device(model))
     captured = capture(model, example, stack, inline_blocks=units == "half")
+    record = cleanup(captured.module)
+    log.info("cleanup of the captured graph: %d dtype assertions, %d attention masks, %d dropouts, %d copies, "
+             "%d dead nodes removed", len(record.guards.removed), len(record.masks.dropped),
+             len(record.dropout.removed), len(record.copies.removed), record.pruned.nodes_removed)
     if units == "half" and captured.path == "symbolic_trace":
         _propagate_shapes(captured.module, example)  # middles are found on tensor-valued nodes
     boundaries = find_boundaries(captured.module, stack, units)

@@ -18,7 +18,7 @@ import torch
 import torch.fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-__all__ = ["PruneDeadCodePass", "prune_dead_code", "PruneRecord"]
+__all__ = ["PruneDeadCodePass", "prune_dead_code", "PruneRecord", "mutates"]
 
 
 @dataclass
@@ -30,7 +30,8 @@ class PruneRecord:
     tensors_removed: list[str]
 
 
-def _mutates(node: torch.fx.Node) -> bool:
+def mutates(node: torch.fx.Node) -> bool:
+    """True for a call of an op whose schema mutates an argument."""
     schema = getattr(node.target, "_schema", None)
     return node.op == "call_function" and schema is not None and schema.is_mutable
 
@@ -75,9 +76,9 @@ def _mark(stack: list[torch.fx.Node], live: set[torch.fx.Node]) -> None:
 
 
 def _live_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
-    local = {n: bases for n in graph.nodes if _mutates(n) and (bases := _local_writes(n)) is not None}
+    local = {n: bases for n in graph.nodes if mutates(n) and (bases := _local_writes(n)) is not None}
     live: set[torch.fx.Node] = set()
-    _mark([n for n in graph.nodes if n.op in ("output", "placeholder") or (_mutates(n) and n not in local)], live)
+    _mark([n for n in graph.nodes if n.op in ("output", "placeholder") or (mutates(n) and n not in local)], live)
     while True:  # an in-place write matters once a live node reads the tensor it writes
         read = {_alias_base(n) for n in live}
         pending = [n for n, bases in local.items() if n not in live and any(b in read for b in bases)]

@@ -220,6 +220,8 @@ def vit_and_images(tmp_path_factory):
     (["compress", "m", "--data", "d", "--num-blocks", "1", "--out", "o", "--auto-tolerance", "nan"],
      "argument --auto-tolerance: nan is out of range"),
     (["demo", "--metric", "bogus"], "argument --metric: invalid choice: 'bogus' (choose from 'linear'"),
+    (["bench", "plan", "--torch", "--torch-precisions", "fp32,fp8"], "argument --torch-precisions: 'fp32,fp8': "
+     "give a comma-separated list of fp32, bf16-autocast, bf16, fp16"),
     (["bench", "good.onnx", "--providers", "tpu"], "--providers 'tpu' is not available here: onnxruntime here "
      "has cpu"),
 ])

@@ -1,5 +1,8 @@
 """`fxapprox bench TARGET [TARGET2]` → latency table (onnxruntime for .onnx files, PyTorch eager otherwise).
 
+`--torch PLAN_DIR` (or `--torch MODEL PLAN_DIR`): original vs compressed in PyTorch per precision
+(fp32, bf16 autocast, bf16, fp16), eager and with `--compile` `torch.compile` (`torch_compare`).
+
 One target: latency per batch size. Two targets (original, then compressed): both timed
 interleaved in one run, with the measured speed-up next to the FLOP speed-up. A target is an
 ONNX file, a plan directory (with `--model`) or a model name.
@@ -16,8 +19,9 @@ from typing import Any
 from fxapprox.cli.common import nonnegative_int, positive_int, positive_ints, stage, write_json
 from fxapprox.cli.export import add_model_arguments, load_source
 from fxapprox.errors import ExportError
+from fxapprox.export.torch_bench import TORCH_PRECISIONS
 
-__all__ = ["add_parser", "run", "format_benchmark", "format_comparison"]
+__all__ = ["add_parser", "run", "format_benchmark", "format_comparison", "format_torch_comparison"]
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -45,9 +49,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "as-given (default): time the files as they are, models in PyTorch eager")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                    help="with --baseline optimized: convert both to this precision (default fp32)")
+    p.add_argument("--torch", action="store_true",
+                   help="PyTorch benchmark of original vs compressed (no export): a plan directory (its model "
+                   "is the original), or a model and a plan directory; interleaved, per precision and batch size")
+    p.add_argument("--torch-precisions", type=_torch_precisions, default=",".join(TORCH_PRECISIONS),
+                   help=f"with --torch: comma-separated, of {', '.join(TORCH_PRECISIONS)} (default all)")
+    p.add_argument("--compile", action="store_true", help="with --torch: also time torch.compile of both")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     p.set_defaults(func=run)
     return p
+
+
+def _torch_precisions(text: str) -> str:
+    """argparse type: a comma-separated list of `TORCH_PRECISIONS`."""
+    unknown = [x.strip() for x in text.split(",") if x.strip() and x.strip() not in TORCH_PRECISIONS]
+    if unknown or not text.strip(","):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list of {', '.join(TORCH_PRECISIONS)}")
+    return text
 
 
 def _providers(text: str) -> list[str]:
@@ -115,8 +133,10 @@ def run(args: argparse.Namespace) -> int:
 
     if len(args.targets) > 2:
         raise ExportError("bench takes one target, or two (original, compressed) to compare")
-    providers = _providers(args.providers) if args.providers is not None else None
     sizes = list(args.batch_sizes)
+    if args.torch:
+        return _run_torch(args, sizes)
+    providers = _providers(args.providers) if args.providers is not None else None
     onnx = [_is_onnx(t) for t in args.targets]
     if len(set(onnx)) != 1:
         raise ExportError("compare two .onnx files or two models/plan directories, not one of each")
@@ -158,6 +178,52 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
     return 0
+
+
+def _run_torch(args: argparse.Namespace, sizes: list[int]) -> int:
+    """`--torch`: original and compressed modules from the targets, timed by `torch_compare`."""
+    from fxapprox.export.torch_bench import torch_compare
+
+    if any(_is_onnx(t) for t in args.targets):
+        raise ExportError("--torch times PyTorch modules: pass a plan directory (or a model and a plan directory), "
+                          "not .onnx files")
+    loaded = [load_source(t, args) for t in args.targets]
+    if len(loaded) == 1:
+        target, inputs, original = loaded[0]
+        if target is original:
+            raise ExportError(f"{args.targets[0]} is a model, not a compressed one: pass the plan directory "
+                              "`fxapprox compress` wrote (with --model if it does not name its model)")
+        pair = (original, target)
+    else:
+        pair, inputs = (loaded[0][0], loaded[1][0]), loaded[0][1]
+    precisions = [x.strip() for x in args.torch_precisions.split(",") if x.strip()]
+    stage("bench", f"timing {' vs '.join(args.targets)} in PyTorch at batch sizes {args.batch_sizes}, "
+          f"{args.iters} calls each")
+    result = torch_compare(*pair, inputs.take(1), batch_sizes=sizes, precisions=precisions,
+                           modes=("eager", "compile") if args.compile else ("eager",), device=args.device,
+                           warmup=args.warmup, iters=args.iters, threads=args.threads)
+    print(format_torch_comparison(result))
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def format_torch_comparison(result: dict[str, Any]) -> str:
+    """`torch_compare(...)` → a terminal table: one line per precision, mode and batch size."""
+    fs = result["flop_speedup"]
+    lines = [f"[torch · {result['device_name']}, interleaved, {result['iters']} calls each]   "
+             f"FLOP speed-up: {fs:.2f}×",
+             f"  {'precision':<14} {'mode':<8} {'batch':>5} {'orig ms':>9} {'comp ms':>9} {'speed-up':>9} "
+             f"{'efficiency':>10}"]
+    for case in result["cases"]:
+        if "skipped" in case:
+            lines.append(f"  {case['precision']:<14} {case['mode']:<8} skipped: {case['skipped']}")
+            continue
+        for r in case["rows"]:
+            lines.append(f"  {case['precision']:<14} {case['mode']:<8} {r['batch_size']:>5} "
+                         f"{r['original']['median_ms']:>9.3f} {r['compressed']['median_ms']:>9.3f} "
+                         f"{r['speedup']:>8.2f}× {r['efficiency']:>10.2f}")
+    return "\n".join(lines)
 
 
 def format_benchmark(result: dict[str, Any], name: str = "") -> str:
