@@ -284,7 +284,7 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
     first, batches = iter_batches(calib_loader)
     if refit == "sequential":  # the same calibration samples again for every later span
         batches = list(split_samples(batches, num_samples)[0])
-    traced = trace(model, first, stack, units)
+    traced = trace(model, first, stack, units, inline_blocks=fold)
     widths = traced.widths
     device = model_device(model)
     if spans is not None:
@@ -374,7 +374,7 @@ def apply_plan(model: nn.Module, plan: Plan, *, example_inputs: Any = None,
         )
     example = plan.example if example_inputs is None else as_model_inputs(example_inputs)
     params_before = _count_params(model)
-    traced = trace(model, example, stack, plan.units)
+    traced = trace(model, example, stack, plan.units, inline_blocks=any(sp.fold for sp in plan.spans))
     widths = traced.widths
     for sp in plan.spans:
         if (widths[sp.s + 1], widths[sp.e + 1]) != (sp.in_features, sp.out_features):

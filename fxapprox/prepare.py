@@ -85,14 +85,17 @@ def _widths(gm: torch.fx.GraphModule, boundaries: Boundaries, example: ModelInpu
     return [n.meta["val"].shape[-1] for n in boundaries.nodes]
 
 
-def trace(model: nn.Module, example: ModelInputs, stack: BlockStack, units: str = "block") -> Traced:
+def trace(model: nn.Module, example: ModelInputs, stack: BlockStack, units: str = "block", *,
+          inline_blocks: bool = False) -> Traced:
     """Capture `model` on `example` (moved to the model's device) and locate its boundaries in
-    `units` ("block", or "half": the blocks' insides are traced and the middles `M_k` found too)."""
+    `units` ("block", or "half": the blocks' insides are traced and the middles `M_k` found too).
+    `inline_blocks=True` traces the blocks' insides for block units too (folding needs their Linears)."""
     if units not in UNITS:
         raise ValueError(f"units={units!r} is not one of {UNITS}")
+    inline_blocks = inline_blocks or units == "half"
     example = example_batch(example).to(model_device(model))
-    captured = capture(model, example, stack, inline_blocks=units == "half")
-    if units == "half" and captured.path == "symbolic_trace":
+    captured = capture(model, example, stack, inline_blocks=inline_blocks)
+    if inline_blocks and captured.path == "symbolic_trace":
         _propagate_shapes(captured.module, example)  # middles are found on tensor-valued nodes
     boundaries = find_boundaries(captured.module, stack, units)
     return Traced(captured.module, captured.path, stack, boundaries,
