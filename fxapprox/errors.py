@@ -20,6 +20,7 @@ __all__ = [
     "UnsupportedBatchError",
     "FewerSamplesWarning",
     "PlanMismatchError",
+    "CorruptPlanError",
     "ExportError",
     "ExportMismatchError",
     "ProviderUnavailableError",
@@ -101,6 +102,11 @@ class FewerSamplesWarning(UserWarning):
 
 class PlanMismatchError(FxApproxError):
     """A saved compression plan does not fit the model it is applied to."""
+
+
+class CorruptPlanError(PlanMismatchError):
+    """A plan directory is damaged: a file missing or truncated, a key missing or of the wrong type, spans out
+    of range, weights of the wrong shape, or weights whose checksum differs from the one `plan.json` records."""
 
 
 class ExportError(FxApproxError):
