@@ -16,8 +16,10 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_path", "atomic_dir", "default_mode"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_path", "staged_path", "save_figure", "atomic_dir",
+           "default_mode"]
 
 _TMP = ".tmp-"
 
@@ -78,6 +80,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     _fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def staged_path(path: str | Path) -> Iterator[Path]:
+    """`path`'s name inside a temporary sibling directory, for writers that add side files named after it
+    (ONNX external data `<name>.data`) or that write, check and rewrite a file before it is final. On leaving
+    the block without an error the side files, then `path` itself (the commit), replace those beside `path`;
+    on an error nothing beside `path` changes."""
+    path = Path(path)
+    tmp = _temporary(path, directory=True)
+    try:
+        staged = tmp / path.name
+        yield staged
+        if not staged.is_file():
+            raise FileNotFoundError(f"nothing was written to {staged}")
+        for child in sorted(tmp.iterdir(), key=lambda c: c == staged):  # the main file last
+            with open(child, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(child, default_mode())
+            os.replace(child, path.parent / child.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_dir(path.parent)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` atomically (the old file, if any, stays until the new one is complete)."""
     path = Path(path)
@@ -89,6 +114,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
     """Write `text` to `path` atomically."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> Path:
+    """`fig.savefig(path, **kwargs)` (matplotlib), atomically: the format follows `path`'s suffix."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **kwargs)
+    return path
 
 
 def atomic_dir(path: str | Path, fill: Callable[[Path], None], *, overwrite: bool = False) -> Path:

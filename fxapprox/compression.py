@@ -281,7 +281,7 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
                            num_blocks=num_blocks, transform=transform, metric=metric, num_samples=num_samples,
                            ridge=ridge, units=units, prior=prior, refit=refit, fold=fold, selection=selection)
     params_before = _count_params(model)
-    first, batches = iter_batches(calib_loader)
+    first, batches = iter_batches(calib_loader, model)
     if refit == "sequential":  # the same calibration samples again for every later span
         batches = list(split_samples(batches, num_samples)[0])
     traced = trace(model, first, stack, units, inline_blocks=fold)

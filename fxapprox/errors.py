@@ -35,6 +35,7 @@ __all__ = [
     "RankFailedError",
     "RankMismatchError",
     "OutputExistsError",
+    "one_line",
 ]
 
 
@@ -50,6 +51,13 @@ class FxApproxError(Exception):
 
 
 _FX_CONTEXT = "\n\nWhile executing "
+
+
+def one_line(err: BaseException) -> str:
+    """`Type: first line of the message` of an error raised by a library fxapprox calls (torch.fx's
+    context, fake-tensor logs and onnxruntime's details dropped), for the typed error that wraps it."""
+    text = str(err).split(_FX_CONTEXT, 1)[0].strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 class CaptureError(FxApproxError):

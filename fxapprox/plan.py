@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from fxapprox.atomic import atomic_dir
 from fxapprox.boundaries import UNITS
-from fxapprox.errors import CorruptPlanError, OutputExistsError, PlanMismatchError, SpanError
+from fxapprox.errors import CorruptPlanError, OutputExistsError, PlanMismatchError, SpanError, one_line
 from fxapprox.fit import PRIORS
 from fxapprox.inputs import ModelInputs
 from fxapprox.spans import validate_spans
@@ -252,9 +252,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types (and OSError, ValueError) on damage
-        first = str(err).splitlines()[0] if str(err) else ""
-        raise CorruptPlanError(f"{path} cannot be read as safetensors ({type(err).__name__}: {first}); the file "
-                               "is damaged or truncated, save the plan again") from None
+        raise CorruptPlanError(f"{path} cannot be read as safetensors ({one_line(err)}); the file is damaged or "
+                               "truncated, save the plan again") from None
 
 
 def _check_tensors(plan: Plan, tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -106,5 +106,5 @@ def prepare(model: nn.Module, calib_loader: Iterable[Any], blocks: str | None = 
             units: str = "block") -> Prepared:
     """Find the block stack, trace on the loader's first batch, keep the batches for calibration."""
     stack = find_block_stack(model, blocks)
-    first, batches = iter_batches(calib_loader)
+    first, batches = iter_batches(calib_loader, model)
     return Prepared(trace(model, first, stack, units), batches, model_device(model))

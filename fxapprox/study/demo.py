@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from fxapprox.atomic import atomic_write_text
+
 __all__ = ["DemoConfig", "run_demo", "summary", "default_out"]
 
 log = logging.getLogger(__name__)
@@ -142,8 +144,8 @@ def run_demo(cfg: DemoConfig, out: Path | None = None, *, overwrite: bool = Fals
         "benchmark": bench,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (out / "report.md").write_text(_markdown(report))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(out / "report.md", _markdown(report))
     print(summary(report), flush=True)
     print(f"[fxapprox demo] report written to {out.resolve()}", flush=True)
     return out
