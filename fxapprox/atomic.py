@@ -11,6 +11,7 @@ mode a plain `open(..., "w")` would give them (0666 less the umask), not `mkstem
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -42,7 +43,7 @@ def _fsync_dir(path: Path) -> None:
 
 def _clear_stale(path: Path) -> None:
     """Remove temporaries a killed writer left next to `path`."""
-    for stale in path.parent.glob(f".{path.name}{_TMP}*"):
+    for stale in path.parent.glob(f".{glob.escape(path.name)}{_TMP}*"):
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
         else:

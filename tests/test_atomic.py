@@ -127,3 +127,16 @@ def test_plan_save_killed_at_random_points_never_leaves_a_mixed_plan(tmp_path, c
     with capsys.disabled():
         print(f"\nkill test (20 SIGKILLs, seed 0): {counts}")
     assert counts["plan A"] + counts["plan B"] + counts["typed error"] == 20
+
+
+def test_onnx_export_failing_its_parity_check_leaves_the_previous_file(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from fxapprox.errors import ExportMismatchError
+    from fxapprox.export import to_onnx
+
+    out = atomic_write_text(tmp_path / "model.onnx", "the previous export\n")
+    with pytest.raises(ExportMismatchError, match="model.onnx"):
+        to_onnx(tiny_net(["mlp"] * 2), tiny_batches(1)[0], out, atol=-1.0, rtol=0.0)  # no tolerance passes
+    assert out.read_text() == "the previous export\n" and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    record = to_onnx(tiny_net(["mlp"] * 2), tiny_batches(1)[0], out)
+    assert record.path == out and out.stat().st_size > 1000 and _leftovers(tmp_path) == []
