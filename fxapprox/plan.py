@@ -178,12 +178,13 @@ _STR, _BOOL = (lambda v: isinstance(v, str) and bool(v), "a non-empty string"), 
                                                                                    "true or false")
 _NUMBER = (_is_number, "a number")
 # key → (check, what was expected, needed since format); keys a format lacks take the dataclass defaults.
+_OPTIONAL = 1 << 30  # "needed since": never
 _PLAN_KEYS: dict[str, tuple[Callable[[Any], bool], str, int]] = {
     "model_class": (*_STR, 1), "blocks": (*_STR, 1), "num_blocks": (*_COUNT, 1),
     "spans": (lambda v: isinstance(v, list) and bool(v), "a non-empty list of spans", 1),
     "num_samples": (*_COUNT, 1),
     "ridge": (lambda v: _is_number(v) and math.isfinite(v) and v >= 0, "a finite number >= 0", 1),
-    "source": (lambda v: v is None or isinstance(v, str), "a string or null", 99),
+    "source": (lambda v: v is None or isinstance(v, str), "a string or null", _OPTIONAL),
     "units": (*_one_of(UNITS), 2), "prior": (*_one_of(PRIORS), 2), "refit": (*_STR, 2),
 }
 _SPAN_KEYS: dict[str, tuple[Callable[[Any], bool], str, int]] = {
@@ -193,9 +194,14 @@ _SPAN_KEYS: dict[str, tuple[Callable[[Any], bool], str, int]] = {
 }
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_keys(where: str, obj: Any, schema: dict, version: int, known: set[str]) -> None:
     if not isinstance(obj, dict):
-        raise CorruptPlanError(f"{where} is {type(obj).__name__}, expected a JSON object")
+        raise CorruptPlanError(f"{where} is a {type(obj).__name__}, expected a JSON object")
     unknown = sorted(set(obj) - known)
     if unknown:
         raise CorruptPlanError(f"{where} has unknown key(s) {unknown}; expected only {sorted(known)}")
@@ -204,15 +210,15 @@ def _check_keys(where: str, obj: Any, schema: dict, version: int, known: set[str
             if since <= version:
                 raise CorruptPlanError(f"{where} has no key {key!r} (expected {expected})")
         elif not ok(obj[key]):
-            raise CorruptPlanError(f"{where}: {key!r} is {obj[key]!r}, expected {expected}")
+            raise CorruptPlanError(f"{where}: {key!r} is {_short(obj[key])}, expected {expected}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     """plan.json → its checked contents (format, keys, types, spans); `CorruptPlanError` otherwise."""
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CorruptPlanError(f"{path} is not valid JSON ({str(err).splitlines()[0]}); the plan is damaged, "
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, too many digits
+        raise CorruptPlanError(f"{path} is not valid JSON ({one_line(err)}); the plan is damaged, "
                                "save it again") from None
     if not isinstance(meta, dict):
         raise CorruptPlanError(f"{path} holds a JSON {type(meta).__name__}, expected the object CompressionResult"
@@ -226,7 +232,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     sums = meta.get(_CHECKSUM)
     if sums is not None and not (isinstance(sums, dict) and set(sums) == {"weights", "example"}
                                  and all(isinstance(v, str) and len(v) == 64 for v in sums.values())):
-        raise CorruptPlanError(f"{path}: {_CHECKSUM!r} is {sums!r}, expected {{'weights': <sha256 hex>, "
+        raise CorruptPlanError(f"{path}: {_CHECKSUM!r} is {_short(sums)}, expected {{'weights': <sha256 hex>, "
                                "'example': <sha256 hex>}")
     for i, sp in enumerate(meta["spans"]):
         _check_keys(f"{path}: span {i}", sp, _SPAN_KEYS, number, {f.name for f in fields(SpanPlan)})
