@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from fxapprox.capture import conform_inputs
-from fxapprox.errors import ExportError, ProviderUnavailableError
+from fxapprox.errors import ExportError, ProviderUnavailableError, one_line
 from fxapprox.export.onnx import _set_eval, _unwrap, ort_feed, resize_inputs
 from fxapprox.export.runtime import onnxruntime
 from fxapprox.inputs import ModelInputs, as_model_inputs
@@ -103,7 +103,7 @@ def _ort_session(path: Path, providers: Sequence[str] | str | None, threads: int
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=names)
+    session = _load_session(ort, path, options, names)
     ran = session.get_providers()[0]
     if ran != names[0]:
         if explicit:
@@ -116,11 +116,32 @@ def _ort_session(path: Path, providers: Sequence[str] | str | None, threads: int
     return session, ran
 
 
+def _load_session(ort: Any, path: Path, options: Any, providers: list[str]) -> Any:
+    """`onnxruntime.InferenceSession` of `path`, or `ExportError` naming the file (empty, truncated, not ONNX)."""
+    if path.stat().st_size == 0:
+        raise ExportError(f"{path} is empty; pass an ONNX file written by to_onnx (or `fxapprox export`)")
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph types
+        raise ExportError(f"onnxruntime cannot load {path} ({one_line(err)}); the file is damaged, truncated or "
+                          "not an ONNX model: export it again") from None
+
+
+def _expected_inputs(session: Any) -> str:
+    return ", ".join(f"{i.name}: {i.type} {i.shape}" for i in session.get_inputs())
+
+
 def _ort_runner(session: Any, provider: str, inputs: ModelInputs, io_binding: bool) -> Callable[[], Any]:
     """A zero-argument call that runs the session once on `inputs` and returns its outputs (ORT
     values that stay on the provider's device with IO binding, numpy arrays without)."""
     named = {**{f"input_{i}": a for i, a in enumerate(inputs.args)}, **inputs.kwargs}
     feed = ort_feed(session, named)
+    try:  # once, to answer inputs that do not fit the graph in one line
+        session.run(None, feed)
+    except Exception as err:  # onnxruntime's InvalidArgument / Fail for wrong dtypes, ranks or sizes
+        given = ", ".join(f"{k}: {v.dtype} {list(v.shape)}" for k, v in feed.items())
+        raise ExportError(f"the ONNX graph takes {_expected_inputs(session)}; the inputs given are {given} "
+                          f"({one_line(err)})") from None
     if not io_binding:
         return lambda: session.run(None, feed)
     ort = onnxruntime()
@@ -215,7 +236,11 @@ def onnx_example_inputs(path: str | Path, *, batch_size: int = 1, seq_len: int =
     import onnx
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf's DecodeError and the like
+        raise ExportError(f"{path} cannot be read as an ONNX model ({one_line(err)}); the file is damaged, "
+                          "truncated or not ONNX: export it again") from None
     initializers = {i.name for i in model.graph.initializer}
     kwargs = {}
     gen = torch.Generator().manual_seed(0)
@@ -297,7 +322,7 @@ def benchmark(path_or_module: Any, inputs: Any = None, *, providers: Sequence[st
         if not isinstance(path_or_module, (str, Path)):
             raise ExportError("benchmark(module, inputs): a module needs example inputs (a tensor, tuple or dict)")
         inputs = onnx_example_inputs(path_or_module)
-    inputs = as_model_inputs(inputs)
+    inputs = as_model_inputs(inputs, what="example inputs")
     target = _Target(path_or_module, providers, device, threads, io_binding)
     result = BenchResult(target.backend, target.provider, target.device, target.io_binding)
     for b in batch_sizes:
@@ -324,7 +349,7 @@ def compare(original: Any, compressed: Any, inputs: Any, *, providers: Sequence[
     """
     from fxapprox.export.flops import compare_flops
 
-    inputs = as_model_inputs(inputs)
+    inputs = as_model_inputs(inputs, what="example inputs")
     kinds = {isinstance(t, (str, Path)) for t in (original, compressed)}
     if len(kinds) != 1:
         raise ExportError("compare() needs two ONNX files or two modules, not one of each")

@@ -147,7 +147,7 @@ def count_flops(module_or_result: Any, inputs: Any, *, blocks: str | None = None
     from fxapprox.export.onnx import _unwrap, run_module
 
     module, plan = _unwrap(module_or_result)
-    inputs = as_model_inputs(inputs)
+    inputs = as_model_inputs(inputs, what="example inputs")
     blocks = _blocks_path(module, blocks, plan)
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
     with torch.no_grad():

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fxapprox.atomic import staged_path
 from fxapprox.capture import conform_inputs
 from fxapprox.errors import ExportError, ExportMismatchError
 from fxapprox.export.runtime import onnxruntime
@@ -379,7 +380,7 @@ def to_onnx(module_or_model: Any, example_inputs: Any, path: str | Path, *, dyna
             "for most operators (Conv, MatMul, LayerNormalization on CPU), so the file cannot be checked or run; "
             "export a float32 copy: to_onnx(result.module.float(), float32 inputs, path)")
     path = _check_path(path)
-    inputs = conform_inputs(module, as_model_inputs(example_inputs))
+    inputs = conform_inputs(module, as_model_inputs(example_inputs, what="example inputs"))
     _set_eval(module)
     reference = run_module(module, inputs)
     names = output_names(reference)
@@ -405,20 +406,23 @@ def to_onnx(module_or_model: Any, example_inputs: Any, path: str | Path, *, dyna
     user = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     props = {**plan_metadata(plan), **user}
     program.model.metadata_props.update(props)
+    final = path
+    with staged_path(final) as path:  # written, checked and converted beside `final`, then renamed over it
+        program.save(str(path), external_data=external_data)
+        size, external = _written_size(path)
+        opset_used = program.model.opset_imports.get("", opset or 0)
+        result = OnnxExport(path, _input_names(path), names, int(opset_used), external, size, dynamic_axes, props)
+        _check_model(path)
+        check = lambda rt, at, rel=None: _parity(module, inputs, path, names, reference, batch,  # noqa: E731
+                                                 token_shape, check_batch_sizes, check_seq_lens, rt, at, rel)
+        if validate:
+            result.checks = check(rtol, atol)
+        if optimize or precision != "fp32":
+            _deploy_form(result, optimize, precision, check if validate else None, rtol, atol)
+    result.path = path = final
     stale = path.with_name(path.name + ".data")
-    if stale.exists():
+    if not result.external_data and stale.exists():  # an earlier export's external data
         stale.unlink()
-    program.save(str(path), external_data=external_data)
-    size, external = _written_size(path)
-    opset_used = program.model.opset_imports.get("", opset or 0)
-    result = OnnxExport(path, _input_names(path), names, int(opset_used), external, size, dynamic_axes, props)
-    _check_model(path)
-    check = lambda rt, at, rel=None: _parity(module, inputs, path, names, reference, batch,  # noqa: E731
-                                             token_shape, check_batch_sizes, check_seq_lens, rt, at, rel)
-    if validate:
-        result.checks = check(rtol, atol)
-    if optimize or precision != "fp32":
-        _deploy_form(result, optimize, precision, check if validate else None, rtol, atol)
     log.info("exported %s to %s (%d bytes%s), opset %d, outputs %s", type(module).__name__, path, size,
              ", external data" if external else "", result.opset, names)
     return result

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fxapprox.atomic import staged_path
 from fxapprox.errors import ExportError
 
 __all__ = ["optimize_onnx", "optimized_pair", "fused_ops", "original_fused_ops", "FUSED_OPS", "SPAN_PREFIX"]
@@ -107,10 +108,9 @@ def optimize_onnx(src: str | Path, dst: str | Path) -> dict[str, Any]:
     dst = Path(dst)
     data = dst.with_name(dst.name + ".data")
     external = data.is_file() or Path(str(src) + ".data").is_file()
-    if data.exists():
-        data.unlink()
-    ir.save(model, str(dst), external_data=data.name if external else None)
-    after = fused_ops(dst)
+    with staged_path(dst) as staged:  # `dst` (may be `src`) is replaced only once the new file is complete
+        ir.save(model, str(staged), external_data=data.name if external else None)
+        after = fused_ops(staged)
     log.info("fused %s: %s → %s (%d span Linear(s) in residual form)", dst.name, before, after, residual)
     return {"optimizer": "onnxscript.rewriter.ort_fusions.optimize_for_ort", "fused_ops_before": before,
             "fused_ops": after, "fusion_rules": {k: v for k, v in stats.items() if v},
@@ -152,7 +152,7 @@ def optimized_pair(sources: Sequence[Any], out_dir: str | Path, example_inputs: 
         else:
             if example_inputs is None:
                 raise ExportError("optimized_pair: modules need example_inputs to be exported")
-            example = as_model_inputs(example_inputs)
+            example = as_model_inputs(example_inputs, what="example inputs")
             flops = count_flops(source, example.take(1))
             to_onnx(source, example, dst, optimize=True, precision=precision,
                     metadata={"fxapprox.flops": {"per_item": flops.per_item, "params": flops.params}})

@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from fxapprox.atomic import staged_path
 from fxapprox.errors import ExportError
 from fxapprox.export.runtime import onnxruntime
 
@@ -52,7 +53,8 @@ def convert_precision(src: str | Path, dst: str | Path, precision: str) -> dict[
 
         model = OnnxModel(onnx.load(str(src)))
         model.convert_float_to_float16(keep_io_types=True)
-        model.save_model_to_file(str(dst), use_external_data_format=Path(str(src) + ".data").is_file())
+        with staged_path(dst) as staged:
+            model.save_model_to_file(str(staged), use_external_data_format=Path(str(src) + ".data").is_file())
         record = {"precision": "fp16", "converter": "onnxruntime.transformers float16", "keep_io_types": True}
     else:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -61,8 +63,9 @@ def convert_precision(src: str | Path, dst: str | Path, precision: str) -> dict[
         level = quant_log.level
         quant_log.setLevel(max(level, logging.ERROR))
         try:
-            quantize_dynamic(src, dst, weight_type=QuantType.QInt8,
-                             use_external_data_format=Path(str(src) + ".data").is_file())
+            with staged_path(dst) as staged:
+                quantize_dynamic(src, staged, weight_type=QuantType.QInt8,
+                                 use_external_data_format=Path(str(src) + ".data").is_file())
         finally:
             quant_log.setLevel(level)
         record = {"precision": "int8", "converter": "onnxruntime.quantization.quantize_dynamic",

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from fxapprox import distributed
+from fxapprox.atomic import atomic_write_text, save_figure
 from fxapprox.blocks import BlockStack, find_block_stack
 from fxapprox.boundaries import UNITS
 from fxapprox.calibrate import Tokens, calibrate, calibrate_eager, iter_batches, split_samples
@@ -210,7 +211,7 @@ class Analysis:
         """JSON text of `to_dict()`; also written to `path` when given (under a process group: by rank 0)."""
         text = json.dumps(self.to_dict(), indent=1)
         if path is not None and distributed.is_main():
-            Path(path).write_text(text)
+            atomic_write_text(path, text)
         return text
 
     @classmethod
@@ -281,8 +282,7 @@ class Analysis:
         if len(metrics) > 1:
             fig.suptitle(f"{self.model}: span scores ({self.tokens} tokens, {self.samples} samples)")
         fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, dpi=120)
+        path = save_figure(fig, path, dpi=120)
         plt.close(fig)
         return path
 
@@ -466,7 +466,7 @@ def analyze(model: nn.Module, calib_loader: Iterable[Any], *, num_samples: int =
                            tokens=tokens, holdout_folds=holdout_folds, output_samples=output_samples,
                            output_max_len=output_max_len, ridge=ridge, units=units)
     device = model_device(model)
-    first, batches = iter_batches(calib_loader)
+    first, batches = iter_batches(calib_loader, model)
     traced = trace(model, first, stack, units) if units == "half" else None
     if output_samples:  # the calibration samples, then the held-out ones
         batches, rest = split_samples(batches, num_samples)

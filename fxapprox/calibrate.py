@@ -10,6 +10,7 @@ stream after exactly n samples (for held-out samples after the calibration ones)
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import warnings
@@ -24,12 +25,20 @@ from fxapprox import distributed
 from fxapprox.blocks import BlockStack
 from fxapprox.boundaries import Boundaries
 from fxapprox.capture import flat_graph_inputs
-from fxapprox.errors import EmptyCalibrationError, FewerSamplesWarning, NonFiniteActivationError
-from fxapprox.inputs import ModelInputs, as_model_inputs, token_mask
+from fxapprox.errors import (
+    CalibrationError,
+    EmptyCalibrationError,
+    FewerSamplesWarning,
+    FxApproxError,
+    NonFiniteActivationError,
+    UnsupportedBatchError,
+    one_line,
+)
+from fxapprox.inputs import ModelInputs, as_model_inputs, check_like_first, token_mask
 from fxapprox.stats import BoundaryMoments, FoldedMoments
 
 __all__ = ["CalibrationInterpreter", "EagerBlockHooks", "calibrate", "calibrate_runs", "calibrate_eager", "token_rows",
-           "iter_batches", "split_samples", "Tokens"]
+           "iter_batches", "check_first_batch", "split_samples", "Tokens"]
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +106,55 @@ def token_rows(h: torch.Tensor, mask: torch.Tensor | None, tokens: Tokens = "all
     return h[mask]
 
 
-def iter_batches(loader: Iterable[Any]) -> tuple[ModelInputs, Iterator[ModelInputs]]:
-    """Loader → (first batch, iterator over all batches including the first)."""
+def iter_batches(loader: Iterable[Any], model: torch.nn.Module | None = None) -> tuple[ModelInputs,
+                                                                                      Iterator[ModelInputs]]:
+    """Loader → (first batch, iterator over all batches including the first), each checked as it comes:
+    batch 0 against `model` (`check_first_batch`, when given), later ones to have batch 0's structure."""
     it = iter(loader)
     try:
-        first = as_model_inputs(next(it))
+        first = as_model_inputs(next(it), 0)
     except StopIteration:
         raise EmptyCalibrationError(
             "the calibration loader yielded no batch: pass an iterable of batches (e.g. a "
             "torch DataLoader over a few hundred training samples)"
         ) from None
-    return first, itertools.chain([first], (as_model_inputs(b) for b in it))
+    if model is not None:
+        check_first_batch(model, first)
+
+    def later() -> Iterator[ModelInputs]:
+        for i, batch in enumerate(it, 1):
+            inputs = as_model_inputs(batch, i)
+            check_like_first(first, inputs, i)
+            yield inputs
+
+    return first, itertools.chain([first], later())
+
+
+def check_first_batch(model: torch.nn.Module, first: ModelInputs) -> None:
+    """Batch 0 against `model` before any capture: its keywords are ones `model.forward` takes, and two of its
+    samples run through the eager model (`CalibrationError` with the model's own error in one line)."""
+    name = type(model).__name__
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C forward: nothing to check the names against
+        params = None
+    if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params):
+        names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = sorted(set(first.kwargs) - set(names))
+        if unknown:
+            raise UnsupportedBatchError(f"calibration batch 0 has key(s) {unknown} that {name}.forward does not "
+                                        f"take (it takes {', '.join(names) or 'no keywords'})")
+    tensor = next((t for t in itertools.chain(model.parameters(), model.buffers())), None)
+    sample = first.take(2) if tensor is None else first.take(2).to(tensor.device)
+    model.eval()  # as capture and calibration run it (no batch-norm statistics updated)
+    try:
+        with torch.no_grad():
+            sample.call(model)
+    except Exception as err:  # the model's own error, whatever it is: the batch does not fit the model
+        raise CalibrationError(
+            f"calibration batch 0 ({first.describe()}) does not run through {name}: {one_line(err)}; give "
+            "batches the model's forward takes (the dtype, shape and keys of its usual inputs)"
+        ) from None
 
 
 def split_samples(batches: Iterator[ModelInputs], n: int) -> tuple[Iterator[ModelInputs], Iterator[ModelInputs]]:
@@ -248,7 +295,7 @@ def _stream(make_runner, moments, batches: Iterable[ModelInputs], num_samples: i
     runner = make_runner(observe)
     bar = tqdm(total=num_samples, unit="sample", desc="calibrating", disable=not (progress and distributed.is_main()),
                leave=False)
-    for inputs in distributed.shard_batches(batches, num_samples, moments):
+    for index, inputs in enumerate(distributed.shard_batches(batches, num_samples, moments)):
         remaining = num_samples - moments.samples
         if remaining <= 0:
             break
@@ -257,7 +304,13 @@ def _stream(make_runner, moments, batches: Iterable[ModelInputs], num_samples: i
         if device is not None:
             inputs = inputs.to(device)
         current.clear()
-        runner.observe_batch(inputs)
+        try:
+            runner.observe_batch(inputs)
+        except FxApproxError:
+            raise
+        except Exception as err:  # raised inside the captured graph or the model: name the batch, in one line
+            raise CalibrationError(f"calibration batch {index} ({inputs.describe()}) failed inside the model: "
+                                   f"{one_line(err)}") from None
         mask = token_mask(inputs)
         moments.update({k: token_rows(current[k], mask, tokens) for k in moments.indices}, inputs.batch_size)
         bar.update(inputs.batch_size)

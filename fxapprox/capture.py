@@ -128,19 +128,26 @@ def _retarget(gm: torch.fx.GraphModule, old: torch.device, new: torch.device, ca
 
 
 class _LeafBlockTracer(torch.fx.Tracer):
-    """Symbolic tracer that keeps each block of the stack as one `call_module` node."""
+    """Symbolic tracer that keeps each block of the stack as one `call_module` node, or (`inline=True`)
+    traces through the blocks down to functions (a Linear inside a block becomes `F.linear` on its
+    parameters, as torch.export gives it)."""
 
-    def __init__(self, block_paths: set[str]):
+    def __init__(self, block_paths: set[str], inline: bool = False):
         super().__init__()
         self._block_paths = block_paths
+        self._inline = inline
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name in self._block_paths or super().is_leaf_module(m, module_qualified_name)
+        if self._inline and any(module_qualified_name.startswith(p + ".") for p in self._block_paths):
+            return False
+        if not self._inline and module_qualified_name in self._block_paths:
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
 
 
 def _symbolic_trace(model: nn.Module, stack: BlockStack, inputs: ModelInputs,
                     inline_blocks: bool = False) -> torch.fx.GraphModule:
-    tracer = _LeafBlockTracer(set() if inline_blocks else {stack.block_path(i) for i in range(stack.num_blocks)})
+    tracer = _LeafBlockTracer({stack.block_path(i) for i in range(stack.num_blocks)}, inline_blocks)
     graph = tracer.trace(model)
     gm = InferenceModule(tracer.root, graph, type(model).__name__)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]

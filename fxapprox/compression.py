@@ -97,7 +97,7 @@ def apply_plan(model: nn.Module, plan: Plan, *, example_inputs: Any = None,
         )
     example = plan.example if example_inputs is None else as_model_inputs(example_inputs)
     params_before = sum(p.numel() for p in model.parameters())
-    traced = trace(model, example, stack, plan.units)
+    traced = trace(model, example, stack, plan.units, inline_blocks=any(sp.fold for sp in plan.spans))
     widths = traced.widths
     for sp in plan.spans:
         if (widths[sp.s + 1], widths[sp.e + 1]) != (sp.in_features, sp.out_features):

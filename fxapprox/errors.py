@@ -20,6 +20,7 @@ __all__ = [
     "UnsupportedBatchError",
     "FewerSamplesWarning",
     "PlanMismatchError",
+    "CorruptPlanError",
     "ExportError",
     "ExportMismatchError",
     "ProviderUnavailableError",
@@ -39,6 +40,7 @@ __all__ = [
     "MetricConfigError",
     "InferenceOnlyError",
     "GraphDtypeError",
+    "one_line",
 ]
 
 
@@ -54,6 +56,13 @@ class FxApproxError(Exception):
 
 
 _FX_CONTEXT = "\n\nWhile executing "
+
+
+def one_line(err: BaseException) -> str:
+    """`Type: first line of the message` of an error raised by a library fxapprox calls (torch.fx's
+    context, fake-tensor logs and onnxruntime's details dropped), for the typed error that wraps it."""
+    text = str(err).split(_FX_CONTEXT, 1)[0].strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 class CaptureError(FxApproxError):
@@ -106,6 +115,11 @@ class FewerSamplesWarning(UserWarning):
 
 class PlanMismatchError(FxApproxError):
     """A saved compression plan does not fit the model it is applied to."""
+
+
+class CorruptPlanError(PlanMismatchError):
+    """A plan directory is damaged: a file missing or truncated, a key missing or of the wrong type, spans out
+    of range, weights of the wrong shape, or weights whose checksum differs from the one `plan.json` records."""
 
 
 class ExportError(FxApproxError):

@@ -15,7 +15,7 @@ import torch
 
 from fxapprox.errors import UnsupportedBatchError
 
-__all__ = ["ModelInputs", "as_model_inputs", "token_mask"]
+__all__ = ["ModelInputs", "as_model_inputs", "check_like_first", "token_mask"]
 
 _IGNORED_KEYS = frozenset({"labels", "label", "targets", "target"})
 
@@ -53,9 +53,24 @@ class ModelInputs:
         """`model(*args, **kwargs)`."""
         return model(*self.args, **self.kwargs)
 
+    def describe(self) -> str:
+        """One line naming each argument: `x: float32 (8, 5, 12)`, `attention_mask: int64 (4, 9)`."""
+        def one(v: Any) -> str:
+            if isinstance(v, torch.Tensor):
+                return f"{str(v.dtype).removeprefix('torch.')} {tuple(v.shape)}"
+            return type(v).__name__
+        named = [(f"arg {i}", v) for i, v in enumerate(self.args)] + list(self.kwargs.items())
+        return ", ".join(f"{k}: {one(v)}" for k, v in named) or "no arguments"
 
-def as_model_inputs(batch: Any) -> ModelInputs:
-    """One calibration batch → `ModelInputs`; anything else → `UnsupportedBatchError`."""
+
+def _batch_name(index: int | None, what: str = "calibration batch") -> str:
+    return what if index is None else f"{what} {index}"
+
+
+def as_model_inputs(batch: Any, index: int | None = None, *, what: str = "calibration batch") -> ModelInputs:
+    """One calibration batch → `ModelInputs`; anything else → `UnsupportedBatchError` (naming it `what`, and
+    batch `index`)."""
+    name = _batch_name(index, what)
     if isinstance(batch, ModelInputs):
         inputs = batch
     elif isinstance(batch, torch.Tensor):
@@ -67,23 +82,62 @@ def as_model_inputs(batch: Any) -> ModelInputs:
         inputs = ModelInputs((), kwargs)
     else:
         raise UnsupportedBatchError(
-            f"calibration batch of type {type(batch).__name__} is not supported: yield a tensor, "
+            f"{name} of type {type(batch).__name__} is not supported: yield a tensor, "
             "a tuple/list whose first item is the input tensor, or a dict of model keyword "
             "arguments (e.g. {'pixel_values': ...} or {'input_ids': ..., 'attention_mask': ...})"
         )
-    tensors = inputs.tensors()
-    if not tensors or tensors[0].ndim == 0:
+    odd = {k: type(v).__name__ for k, v in inputs.kwargs.items()
+           if not isinstance(v, (torch.Tensor, bool, int, float, type(None)))}
+    if odd:
         raise UnsupportedBatchError(
-            "calibration batch holds no batched tensor: every batch needs at least one tensor "
-            "argument whose first dimension is the batch"
+            f"{name} holds {', '.join(f'{k!r}: a {t}' for k, t in odd.items())}; expected tensors (or plain "
+            "bool/int/float/None options) as the values of a batch dict"
+        )
+    tensors = inputs.tensors()
+    if not tensors or any(t.ndim == 0 for t in tensors):
+        raise UnsupportedBatchError(
+            f"{name} holds no batched tensor or a scalar one: every tensor argument needs the batch as its "
+            "first dimension"
         )
     sizes = {t.shape[0] for t in tensors}
     if len(sizes) != 1:
         raise UnsupportedBatchError(
-            f"tensors in one calibration batch disagree on the batch size ({sorted(sizes)}); "
+            f"tensors in {name} disagree on the batch size ({sorted(sizes)}); "
             "every tensor argument must have the batch as its first dimension"
         )
+    if not sizes.pop():
+        raise UnsupportedBatchError(f"{name} has 0 samples (its tensors are {inputs.describe()}); yield batches "
+                                    "of at least one sample")
     return inputs
+
+
+def _free_dims(t: torch.Tensor) -> set[int]:
+    """Dimensions that may differ between batches: the batch, and the tokens of a token (integer) or
+    sequence (rank >= 3) input."""
+    return {0, 1} if t.ndim >= 3 or (t.ndim == 2 and not t.is_floating_point()) else {0}
+
+
+def check_like_first(first: ModelInputs, inputs: ModelInputs, index: int) -> None:
+    """`UnsupportedBatchError` unless batch `index` has the structure of batch 0: the same positional count and
+    keyword names, and per tensor the same dtype, rank and sizes (but the batch and token dimensions)."""
+    name = _batch_name(index)
+    if len(inputs.args) != len(first.args) or set(inputs.kwargs) != set(first.kwargs):
+        raise UnsupportedBatchError(f"{name} is {inputs.describe()}, expected {first.describe()} as batch 0 "
+                                    "(the same positional arguments and keys)")
+    pairs = [*zip(first.args, inputs.args), *((first.kwargs[k], inputs.kwargs[k]) for k in first.kwargs)]
+    for a, b in pairs:
+        if isinstance(a, torch.Tensor) != isinstance(b, torch.Tensor):
+            raise UnsupportedBatchError(f"{name} is {inputs.describe()}, expected {first.describe()} as batch 0 "
+                                        "(tensors where it has tensors)")
+        if not isinstance(a, torch.Tensor):
+            continue
+        fixed = [d for d in range(a.ndim) if d not in _free_dims(a)]
+        if a.dtype != b.dtype or a.ndim != b.ndim or any(a.shape[d] != b.shape[d] for d in fixed):
+            raise UnsupportedBatchError(
+                f"{name} is {inputs.describe()}, expected {first.describe()} as batch 0 (the same dtypes, "
+                f"ranks and sizes; only the batch{' and token' if len(_free_dims(a)) > 1 else ''} dimension "
+                "may differ)"
+            )
 
 
 def token_mask(inputs: ModelInputs) -> torch.Tensor | None:

@@ -92,18 +92,21 @@ def _widths(gm: torch.fx.GraphModule, boundaries: Boundaries, example: ModelInpu
     return [n.meta["val"].shape[-1] for n in boundaries.nodes]
 
 
-def trace(model: nn.Module, example: ModelInputs, stack: BlockStack, units: str = "block") -> Traced:
+def trace(model: nn.Module, example: ModelInputs, stack: BlockStack, units: str = "block", *,
+          inline_blocks: bool = False) -> Traced:
     """Capture `model` on `example` (moved to the model's device) and locate its boundaries in
-    `units` ("block", or "half": the blocks' insides are traced and the middles `M_k` found too)."""
+    `units` ("block", or "half": the blocks' insides are traced and the middles `M_k` found too).
+    `inline_blocks=True` traces the blocks' insides for block units too (folding needs their Linears)."""
     if units not in UNITS:
         raise ValueError(f"units={units!r} is not one of {UNITS}")
+    inline_blocks = inline_blocks or units == "half"
     example = example_batch(example).to(model_device(model))
-    captured = capture(model, example, stack, inline_blocks=units == "half")
+    captured = capture(model, example, stack, inline_blocks=inline_blocks)
     record = cleanup(captured.module)
     log.info("cleanup of the captured graph: %d dtype assertions, %d attention masks, %d dropouts, %d copies, "
              "%d dead nodes removed", len(record.guards.removed), len(record.masks.dropped),
              len(record.dropout.removed), len(record.copies.removed), record.pruned.nodes_removed)
-    if units == "half" and captured.path == "symbolic_trace":
+    if inline_blocks and captured.path == "symbolic_trace":
         _propagate_shapes(captured.module, example)  # middles are found on tensor-valued nodes
     boundaries = find_boundaries(captured.module, stack, units)
     return Traced(captured.module, captured.path, stack, boundaries,
@@ -114,5 +117,5 @@ def prepare(model: nn.Module, calib_loader: Iterable[Any], blocks: str | None = 
             units: str = "block") -> Prepared:
     """Find the block stack, trace on the loader's first batch, keep the batches for calibration."""
     stack = find_block_stack(model, blocks)
-    first, batches = iter_batches(calib_loader)
+    first, batches = iter_batches(calib_loader, model)
     return Prepared(trace(model, first, stack, units), batches, model_device(model))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import subprocess
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -209,3 +211,35 @@ def test_fashion_mnist_from_the_debian_package():
     dsd = assets.load_dataset("fashion-mnist")
     assert {k: len(v) for k, v in dsd.items()} == {"train": 60_000, "test": 10_000}
     assert dsd["test"][0]["image"].size == (28, 28)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_published_cache_entries_get_the_modes_of_the_rest(cache, umask):
+    """mkdtemp's 0700 and a writer's private 0600 become mkdir()/open()'s modes under the umask."""
+    old = os.umask(umask)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=assets.cache_dir()))
+        (tmp / "model.safetensors").write_bytes(b"x")
+        os.chmod(tmp / "model.safetensors", 0o600)
+        (tmp / "sub").mkdir(mode=0o700)
+        assets._publish(tmp, cache / "models" / "m")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [cache / "models" / "m", *(cache / "models" / "m").rglob("*")]}
+    assert modes == {"m": 0o777 & ~umask, "model.safetensors": 0o666 & ~umask, "sub": 0o777 & ~umask}
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_dinov2_small_cache_directory_is_readable_by_others(tmp_path, monkeypatch):
+    fetched = assets.cache_dir() / "files"  # the pinned ONNX backbone, fetched already
+    monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path / "cache"))
+    (assets.cache_dir() / "files").symlink_to(fetched)
+    old = os.umask(0o022)
+    try:
+        directory = Path(assets.model_path("dinov2-small"))
+    finally:
+        os.umask(old)
+    assert directory.stat().st_mode & 0o777 == 0o755
+    assert {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()} == {
+        "config.json": 0o644, "model.safetensors": 0o644, "preprocessor_config.json": 0o644}

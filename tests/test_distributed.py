@@ -26,7 +26,7 @@ import fxapprox
 from fxapprox import distributed
 from fxapprox.blocks import find_block_stack
 from fxapprox.calibrate import calibrate_eager, iter_batches
-from fxapprox.errors import NonFiniteActivationError, RankFailedError, RankMismatchError
+from fxapprox.errors import NonFiniteActivationError, RankMismatchError, UnsupportedBatchError
 from fxapprox.stats import FoldedMoments
 
 WORLD = 2
@@ -348,8 +348,8 @@ def test_failure_on_one_rank_stops_every_rank(tmp_path):
     assert [n[0] for n in nan] == [NonFiniteActivationError.__name__] * WORLD
     assert "rank 1 of 2 failed" in nan[0][1]
     bad = [s["bad batch"] for s in seen]
-    assert [b[0] for b in bad] == [RankFailedError.__name__] * WORLD
-    assert "rank 0 of 2 failed" in bad[1][1]
+    assert [b[0] for b in bad] == [UnsupportedBatchError.__name__] * WORLD  # batch 2 unlike batch 0: typed
+    assert "rank 0 of 2 failed" in bad[1][1] and "calibration batch 2" in bad[0][1]
     other = [s["other model"] for s in seen]
     assert [o[0] for o in other] == [RankMismatchError.__name__] * WORLD
     assert "weights checksum" in other[0][1]

@@ -21,7 +21,7 @@ SPAN = (1, 3)
 
 def _explicit(model, batch, plan):
     """The same map applied explicitly: `H_s = R + (B T + c)`, T a separate Linear on the branch, H_e ← H_s."""
-    traced = trace(model, as_model_inputs(batch), find_block_stack(model))
+    traced = trace(model, as_model_inputs(batch), find_block_stack(model), inline_blocks=True)
     gm, (s, e) = traced.module, SPAN
     site = find_fold_site(gm, traced.boundaries[s], s)
     key = plan.spans[0].key
@@ -89,7 +89,17 @@ def test_fold_typed_error_on_post_norm_blocks():
         fxapprox.compress(tiny_bert(), token_batches(), spans=[SPAN], fold=True, num_samples=16, progress=False)
 
 
-def test_fold_typed_error_on_opaque_blocks():
-    with pytest.raises(FoldError, match="opaque"):
-        fxapprox.compress(tiny_net(["mlp"] * 4), tiny_batches(), spans=[SPAN], fold=True, num_samples=16,
-                          progress=False)
+def test_fold_on_blocks_symbolic_trace_keeps_as_leaves(tmp_path):
+    """A hand-written model is traced with its blocks as leaf calls; fold re-traces it with them inlined."""
+    model = tiny_net(["mlp"] * 4).double()
+    batches = [b.double() for b in tiny_batches()]
+    folded = fxapprox.compress(model, batches, spans=[SPAN], fold=True, num_samples=32, progress=False)
+    plain = fxapprox.compress(model, batches, spans=[SPAN], num_samples=32, progress=False)
+    assert folded.capture_path == "symbolic_trace" and folded.plan.spans[0].fold
+    x = tiny_batches(seed=7)[0].double()
+    torch.testing.assert_close(folded.module(x), _explicit(model, batches[0], folded.plan)(x), rtol=0, atol=1e-6)
+    # the fold adds no d×d Linear; the inlined graph also drops the unused `shift` of blocks 0 and 1
+    assert plain.num_params_after - folded.num_params_after == 32 * 32 + 32 + 2 * 32
+    folded.save(tmp_path / "plan")
+    again = fxapprox.load(tiny_net(["mlp"] * 4).double(), tmp_path / "plan")
+    torch.testing.assert_close(again.module(x), folded.module(x), rtol=0, atol=1e-12)

@@ -270,6 +270,8 @@ def check_out_dir(path: str | Path, overwrite: bool) -> Path:
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     """Write `payload` as indented JSON, creating the parent directory."""
+    from fxapprox.atomic import atomic_write_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")

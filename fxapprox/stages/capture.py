@@ -89,10 +89,10 @@ def run(model: nn.Module, calib_loader: Iterable[Any], config: CompressConfig) -
                         f"{stack.num_blocks}: measure them on this model")
     options = {k: v for k, v in config.to_dict().items() if k not in ("blocks", "progress")}
     distributed.check_same(model, blocks=stack.num_blocks, **options)
-    first, batches = iter_batches(calib_loader)
+    first, batches = iter_batches(calib_loader, model)
     if config.refit == "sequential":  # the same calibration samples again for every later span
         batches = list(split_samples(batches, config.num_samples)[0])
-    traced = trace(model, first, stack, config.units)
+    traced = trace(model, first, stack, config.units, inline_blocks=config.fold)
     if config.spans is not None:
         check_widths(config.spans, config.transform, traced.widths)
     device = model_device(model)

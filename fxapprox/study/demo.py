@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from fxapprox.atomic import atomic_write_text
 from fxapprox.errors import MissingScoreError, OutputExistsError
 from fxapprox.metrics import METRIC_INFO
 from fxapprox.study import data
@@ -182,8 +183,8 @@ def _run(cfg: DemoConfig, out: Path, overwrite: bool) -> Path:
         "benchmark": bench,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (out / "report.md").write_text(_markdown(report))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(out / "report.md", _markdown(report))
     print(summary(report), flush=True)
     print(f"report written to {out.resolve()}", flush=True)
     return out

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from fxapprox import distributed
+from fxapprox.atomic import atomic_write_text, save_figure
 from fxapprox.config import CompressConfig
 from fxapprox.errors import FoldError
 from fxapprox.study.damage import measure_damage, probe_accuracy
@@ -405,7 +406,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     if any(result["methods"].values()):
         axes[0].legend(fontsize=8)
     fig.suptitle(f"{result['model']}: quality vs speed (frozen probe, 95 % bootstrap intervals)")
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -413,13 +414,13 @@ def write_report(result: dict[str, Any], out: Path, json_path: str | Path | None
     """`frontier.json` (everything), `frontier.md`, `frontier.png` into `out`; the `--json` view to `json_path`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "frontier.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "frontier.md").write_text(to_markdown(result))
+    atomic_write_text(out / "frontier.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "frontier.md", to_markdown(result))
     plot(result, out / "frontier.png")
     if json_path is not None:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(json_view(result), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(json_view(result), indent=2) + "\n")
 
 
 def budgets_from_text(text: str) -> tuple[float, ...]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from fxapprox.atomic import atomic_write_text, save_figure
 from fxapprox.prepare import model_device
 from fxapprox.spans import all_spans
 from fxapprox.study.damage import Damage, measure_damage, probe_accuracy, probe_predictions
@@ -227,7 +228,7 @@ def _span_table(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]
 def write_report(result: dict[str, Any], out: Path) -> None:
     """JSON, markdown tables and plots (score vs damage; sample-size ablation) into directory `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "select_eval.json").write_text(json.dumps(result, indent=2, default=list) + "\n")
+    atomic_write_text(out / "select_eval.json", json.dumps(result, indent=2, default=list) + "\n")
     cfg = result["config"]
     k = cfg["k"]
     o = result["original"]["probe"]
@@ -274,7 +275,7 @@ def write_report(result: dict[str, Any], out: Path) -> None:
                          f"{100 * s['stderr']:.2f} | {s['agreement']:.4f} |")
         lines.append("")
     lines += ["## Multi-block spans", ""] + _span_table(result, multi)
-    (out / "select_eval.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "select_eval.md", "\n".join(lines) + "\n")
     _plot(result, out / "select_eval.png")
     if result["sample_sizes"]:
         _plot_sample_sizes(result, out / "sample_sizes.png")
@@ -297,7 +298,7 @@ def _plot_sample_sizes(result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("linear-probe accuracy (%)")
     ax.set_title(f"{result['model']}: accuracy vs fit samples (linear map)")
     ax.legend(fontsize=7, ncol=2)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -326,5 +327,5 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         ax.axis("off")
     fig.colorbar(sc, ax=axes, shrink=0.6, label="blocks in span")
     fig.suptitle(f"{result['model']}: span scores vs measured damage (test split)")
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
