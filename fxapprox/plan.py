@@ -37,7 +37,7 @@ from fxapprox.fit import PRIORS
 from fxapprox.inputs import ModelInputs
 from fxapprox.spans import validate_spans
 
-__all__ = ["SpanPlan", "Plan", "PLAN_FORMAT", "tensor_sha256"]
+__all__ = ["SpanPlan", "Plan", "PLAN_FORMAT", "tensor_sha256", "check_plan_target"]
 
 PLAN_FORMAT = "fxapprox-plan/2"
 _READABLE = ("fxapprox-plan/1", PLAN_FORMAT)  # version 1: whole-block spans, no units/fold/prior/refit
@@ -56,6 +56,20 @@ def tensor_sha256(tensors: dict[str, torch.Tensor], context: str = "") -> str:
         digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def check_plan_target(path: str | Path, overwrite: bool) -> Path:
+    """A directory `Plan.save` may write (new, empty, or holding only a plan it may replace) → `path`;
+    a plan there without `overwrite`, or any other file, → an error (checked before any work, too)."""
+    path = Path(path)
+    if (path / _JSON).exists() and not overwrite:
+        raise FileExistsError(f"{path / _JSON} exists; pass overwrite=True to replace it")
+    others = sorted(p.name for p in path.iterdir() if p.name not in (_JSON, _WEIGHTS)) if path.is_dir() else []
+    if others:
+        raise OutputExistsError(f"{path} holds files other than a plan ({', '.join(others[:3])}"
+                                f"{', ...' if len(others) > 3 else ''}); a plan is saved into a new or empty "
+                                "directory of its own (or one holding only an older plan)")
+    return path
 
 
 @dataclass
@@ -100,14 +114,7 @@ class Plan:
         """Write `plan.json` and `weights.safetensors` into directory `path`, atomically: the directory is
         the complete new plan or (killed part-way) as it was. `overwrite=True` replaces a plan there; a
         directory holding other files is refused, it would be replaced whole."""
-        path = Path(path)
-        if (path / _JSON).exists() and not overwrite:
-            raise FileExistsError(f"{path / _JSON} exists; pass overwrite=True to replace it")
-        others = sorted(p.name for p in path.iterdir() if p.name not in (_JSON, _WEIGHTS)) if path.is_dir() else []
-        if others:
-            raise OutputExistsError(f"{path} holds files other than a plan ({', '.join(others[:3])}"
-                                    f"{', ...' if len(others) > 3 else ''}); a plan is saved into a new or empty "
-                                    "directory of its own (or one holding only an older plan)")
+        path = check_plan_target(path, overwrite)
         weights = {k: v.detach().cpu().contiguous() for k, v in self.weights.items()}
         example = {f"example.arg.{i}": a.detach().cpu().contiguous() for i, a in enumerate(self.example.args)}
         example.update({f"example.kwarg.{k}": v.detach().cpu().contiguous() for k, v in self.example.kwargs.items()})

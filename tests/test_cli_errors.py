@@ -409,3 +409,13 @@ def test_demo_heatmap_names_its_quantity_blank_cells_and_blocks_removed(tmp_path
     assert "0.05\n1 block" in cells and "0.1\n2 blocks" in cells
     real_close(fig)
     assert (tmp_path / "h.png").stat().st_size > 0
+
+
+def test_compress_overwrite_into_a_directory_with_other_files_is_refused_before_work(tmp_path, monkeypatch, capsys,
+                                                                                     no_loading):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    line = _main_error(["compress", "m", "--data", "d", "--num-blocks", "1", "--out", str(out), "--overwrite"], capsys)
+    assert "holds files other than a plan (notes.txt)" in line
+    assert (out / "notes.txt").read_text() == "mine"

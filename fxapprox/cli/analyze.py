@@ -13,6 +13,7 @@ import argparse
 import sys
 import warnings
 
+from fxapprox.atomic import atomic_write_text
 from fxapprox.cli.common import (
     add_model_data_args,
     add_units_arg,
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             an.plot(args.heatmap, metric=args.heatmap_metric)
         print(f"wrote {args.heatmap}")
     if args.markdown:
-        with output_parent(args.markdown), open(args.markdown, "w") as fh:
-            fh.write(an.to_markdown(metric=args.metric))
+        with output_parent(args.markdown):
+            atomic_write_text(args.markdown, an.to_markdown(metric=args.metric))
         print(f"wrote {args.markdown}")
     return 0

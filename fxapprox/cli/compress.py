@@ -7,6 +7,7 @@ import argparse
 
 from fxapprox.cli.common import add_model_data_args, check_out_dir, load_model_and_calibration, write_json
 from fxapprox.cli.config_args import add_config_args, config_from_args
+from fxapprox.plan import check_plan_target
 
 __all__ = ["add_parser", "run"]
 
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from fxapprox import distributed
 
     config, latency_budget = config_from_args(args, **({"progress": False} if args.no_progress else {}))
-    check_out_dir(args.out, args.overwrite)
+    check_plan_target(check_out_dir(args.out, args.overwrite), args.overwrite)
     model, _, loader = load_model_and_calibration(args)
     if latency_budget is not None:
         config = config.replace(latency_budget=latency_budget, block_latency=_measure_latencies(model, loader, args))
