@@ -419,3 +419,8 @@ def test_compress_overwrite_into_a_directory_with_other_files_is_refused_before_
     line = _main_error(["compress", "m", "--data", "d", "--num-blocks", "1", "--out", str(out), "--overwrite"], capsys)
     assert "holds files other than a plan (notes.txt)" in line
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_model_name_with_an_unknown_home_directory_is_a_missing_path():
+    with pytest.raises(AssetError, match="'~0': no such file or directory"):
+        assets.load_model("~0")

@@ -398,7 +398,7 @@ def _local_name(kind: str, name: str, builtins: Mapping[str, str], expected: str
     Hub ids are `name` or `owner/name`; anything starting with `/`, `.` or `~`, or with more
     than one `/`, is a path.
     """
-    path = Path(name).expanduser()
+    path = Path(os.path.expanduser(name))  # an unknown ~user stays a plain name
     if path.exists():
         return path
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:
