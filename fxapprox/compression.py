@@ -33,8 +33,10 @@ from fxapprox.passes.fold_span import FoldRecord, FoldRewrite, find_fold_site, f
 from fxapprox.passes.replace_span import ReplaceRecord, SpanRewrite, replace_spans, span_module_name
 from fxapprox.plan import Plan, SpanPlan
 from fxapprox.prepare import Traced, model_device, trace
+from fxapprox.refine import RefineOptions, check_refine, refine_stage
 from fxapprox.select import best_spans, candidate_costs, select_spans
 from fxapprox.sequential import IterativeStep, iterative_spans
+from fxapprox.span_modules import affine_linear, apply_refined, residual_mlp
 from fxapprox.spans import all_spans, validate_spans
 from fxapprox.stats import BoundaryMoments, FoldedMoments
 
@@ -43,7 +45,7 @@ __all__ = ["compress", "load", "apply_plan", "CompressionResult", "TRANSFORMS", 
 
 log = logging.getLogger(__name__)
 
-TRANSFORMS = ("linear", "identity", "auto")
+TRANSFORMS = ("linear", "identity", "auto", "mlp")
 OUTPUT_METRIC = "output"
 # transform="auto": identity when its normalised residual exceeds the affine map's by at most this.
 DEFAULT_AUTO_TOLERANCE = 0.01
@@ -97,15 +99,6 @@ def _check_identity_widths(spans, transform: str, widths: list[int]) -> None:
             )
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor, like: torch.Tensor) -> nn.Linear:
-    """Float64 `x @ weight + bias` → an `nn.Linear` in the dtype and device of `like`."""
-    lin = nn.Linear(weight.shape[0], weight.shape[1], device=like.device, dtype=like.dtype)
-    with torch.no_grad():
-        lin.weight.copy_(weight.T)
-        lin.bias.copy_(bias)
-    return lin.requires_grad_(False)
-
-
 def _reference_param(model: nn.Module) -> torch.Tensor:
     floats = [p for p in model.parameters() if p.is_floating_point()]
     return floats[0] if floats else torch.empty(0)
@@ -113,7 +106,8 @@ def _reference_param(model: nn.Module) -> torch.Tensor:
 
 def _rewrite(gm: torch.fx.GraphModule, boundaries, plan: Plan, like: torch.Tensor) -> tuple[ReplaceRecord,
                                                                                             FoldRecord | None]:
-    """Apply the plan's spans to `gm` (the graph whose `boundaries` they are, or a copy): folds first, then the rest.
+    """Apply the plan's spans to `gm` (the graph whose `boundaries` they are, or a copy): folds first, then the
+    rest, then the plan's refined parameters.
 
     No span starts where a folded one ends (`_check_folds`), so the two passes touch different nodes.
     """
@@ -125,10 +119,14 @@ def _rewrite(gm: torch.fx.GraphModule, boundaries, plan: Plan, like: torch.Tenso
             continue
         linear = None
         if sp.transform == "linear":
-            linear = _linear(plan.weights[f"{sp.key}.weight"], plan.weights[f"{sp.key}.bias"], like)
+            linear = affine_linear(plan.weights[f"{sp.key}.weight"], plan.weights[f"{sp.key}.bias"], like)
+        elif sp.transform == "mlp":
+            linear = residual_mlp(plan.weights, sp.key, like)
         rewrites.append(SpanRewrite(sp.s, sp.e, boundaries[sp.s].name, boundaries[sp.e].name, linear))
     fold_record = fold_spans(gm, folds) if folds else None
-    return replace_spans(gm, rewrites), fold_record
+    record = replace_spans(gm, rewrites)
+    apply_refined(gm, plan.weights)
+    return record, fold_record
 
 
 def _check_folds(spans, fold: bool, transform: str) -> None:
@@ -228,7 +226,8 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
              num_samples: int = 500, blocks: str | None = None, ridge: float = DEFAULT_RIDGE,
              output_target: str = "auto", progress: bool = True, units: str = "block",
              auto_tolerance: float = DEFAULT_AUTO_TOLERANCE, prior: str = "zero", refit: str = "independent",
-             fold: bool = False, selection: str = "dp") -> CompressionResult:
+             fold: bool = False, selection: str = "dp", refine: str | None = None,
+             refine_options: RefineOptions | dict[str, Any] | None = None) -> CompressionResult:
     """Replace spans of blocks of `model` by closed-form maps fitted on `calib_loader`.
 
     Give `spans=[(s, e), ...]` (blocks s+1..e are replaced), or `num_blocks=k` to let the
@@ -253,6 +252,9 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
     already replaced (one more calibration pass per span, up to its start).
     `fold=True` writes each span's map into the Linear that ends the unit before it (`H_s = R + B`:
     fit `B → H_e - R`), so no module is added.
+    `transform="mlp"` adds to each span's affine map a bottleneck MLP fitted on its boundaries and
+    `refine="output"` then trains the maps at the model's output (`fxapprox.refine`; settings in
+    `refine_options`, a `RefineOptions` or a dict of its fields).
     """
     if transform not in TRANSFORMS:
         raise ValueError(f"transform={transform!r} is not one of {TRANSFORMS}")
@@ -267,6 +269,9 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
     if metric not in METRIC_INFO:
         raise MissingScoreError(f"compress takes metric= one of {tuple(METRIC_INFO)}, not {metric!r}")
     check_output_target(output_target)
+    mlp = transform == "mlp"  # issue 21: the closed-form map first, then add_mlps / refine_output
+    refine_options = check_refine(refine, mlp=mlp, fold=fold, units=units, options=refine_options)
+    transform = "linear" if mlp else transform
     stack = find_block_stack(model, blocks)
     num_units = stack.num_blocks * (2 if units == "half" else 1)
     if spans is not None:
@@ -282,7 +287,7 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
                            ridge=ridge, units=units, prior=prior, refit=refit, fold=fold, selection=selection)
     params_before = _count_params(model)
     first, batches = iter_batches(calib_loader)
-    if refit == "sequential":  # the same calibration samples again for every later span
+    if refit == "sequential" or mlp or refine:  # the same calibration samples again (later spans, training)
         batches = list(split_samples(batches, num_samples)[0])
     traced = trace(model, first, stack, units)
     widths = traced.widths
@@ -334,6 +339,10 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], *, spans: list[tuple
     record, fold_record = _rewrite(traced.module, traced.boundaries, plan, like)
     result = CompressionResult(traced.module, plan, traced.capture_path, params_before,
                                _count_params(traced.module), record, fold_record, steps)
+    if mlp or refine:
+        refine_stage(result, model, batches, mlp=mlp, refine=refine, options=refine_options,
+                     boundaries=traced.boundaries, progress=progress)
+        result.num_params_after = _count_params(result.module)
     log.info("compressed %s: spans %s, %d → %d parameters", plan.model_class, result.spans,
              params_before, result.num_params_after)
     return result

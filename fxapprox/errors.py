@@ -34,6 +34,7 @@ __all__ = [
     "RankFailedError",
     "RankMismatchError",
     "OutputExistsError",
+    "RefineError",
 ]
 
 
@@ -161,3 +162,7 @@ class SingleProcessCommandError(DistributedError):
 
 class OutputExistsError(FxApproxError, FileExistsError):
     """An output directory already holds files and overwriting them was not allowed."""
+
+
+class RefineError(FxApproxError, ValueError):
+    """Options of the refinement or of the `mlp` transform are invalid, or the result cannot be refined."""

@@ -5,7 +5,8 @@
 A folded span (`fold=True`) stores its map `T, c` the same way; `load` folds it into the model's
 own Linear again. Format 2 adds `units`, `fold`, `unfolded_residual`, `prior`, `refit`;
 format-1 plans (whole-block spans) still load (without them: blocks, no fold, zero prior,
-independent fits).
+independent fits). `refinement` (optional) records what `refine="output"` and `transform="mlp"`
+trained; their values are plan weights (`span.s.e.mlp.*`, `refined.<parameter path>`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Plan:
     units: str = "block"  # what span indices count: "block", or "half" (boundaries -1 .. 2L-1)
     prior: str = "zero"  # ridge prior of the fitted maps: "zero" or "identity"
     refit: str = "independent"  # "independent" (original activations) or "sequential"
+    refinement: dict[str, Any] | None = None  # refine="output" / transform="mlp": what was trained (refine.py)
     weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     example: ModelInputs = field(default_factory=ModelInputs, repr=False)
 

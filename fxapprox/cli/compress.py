@@ -33,10 +33,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     which.add_argument("--spans", type=spans_arg, help=SPANS_HELP)
     which.add_argument("--num-blocks", type=positive_int, help="remove this many blocks (units with --units half), "
                        "spans chosen by --metric")
-    p.add_argument("--transform", choices=("linear", "identity", "auto"), default="linear",
+    p.add_argument("--transform", choices=("linear", "identity", "auto", "mlp"), default="linear",
                    help="what replaces each span: a least-squares linear map, nothing (identity; needs equal "
-                   "widths), or auto: the identity where its residual is within --auto-tolerance of the linear "
-                   "map's, else linear (default: linear)")
+                   "widths), auto: the identity where its residual is within --auto-tolerance of the linear "
+                   "map's, else linear, or mlp: the linear map plus a bottleneck MLP fitted on the span's "
+                   "boundaries (default: linear)")
+    p.add_argument("--mlp-fraction", type=float, default=None, metavar="F",
+                   help="with --transform mlp: the MLP's FLOPs per token as a fraction of the span's (default: 0.1)")
+    p.add_argument("--refine", choices=("output",), default=None,
+                   help="output: after the fit, train the replacements to minimise the damage at the model's "
+                   "output on the calibration data (Adam, a held-out quarter for early stopping)")
+    p.add_argument("--refine-params", choices=("maps", "maps+norms"), default=None,
+                   help="with --refine: train the maps only (default), or also every 1-D parameter after the "
+                   "first span (norm scales and shifts, biases)")
+    p.add_argument("--refine-time", type=float, default=None, metavar="SECONDS",
+                   help="with --refine: stop training after this many seconds (default: 3 passes)")
     p.add_argument("--auto-tolerance", type=float, default=None, metavar="TOL",
                    help="with --transform auto: largest excess of the identity's normalised residual over the "
                    "linear map's at which the identity is taken (default: 0.01)")
@@ -72,11 +83,13 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out, args.overwrite)
     model, _, loader = load_model_and_calibration(args)
     tolerance = {} if args.auto_tolerance is None else {"auto_tolerance": args.auto_tolerance}
+    given = {"mlp_fraction": args.mlp_fraction, "params": args.refine_params, "time_budget_s": args.refine_time}
+    refine_options = {k: v for k, v in given.items() if v is not None}
     res = fxapprox.compress(model, loader, spans=args.spans, num_blocks=args.num_blocks,
                             transform=args.transform, metric=args.metric, num_samples=args.samples,
                             blocks=args.blocks, output_target=args.output_target, progress=not args.no_progress,
                             units=args.units, prior=args.prior, refit=args.refit, fold=args.fold,
-                            selection=args.selection, **tolerance)
+                            selection=args.selection, refine=args.refine, refine_options=refine_options, **tolerance)
     if not distributed.is_main():  # under torchrun rank 0 alone prints and writes
         return 0
     res.plan.source = args.model
@@ -84,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "model": args.model, "data": args.data, "samples": res.plan.num_samples,
         "capture_path": res.capture_path, "transform": args.transform, "units": args.units,
-        "prior": args.prior, "refit": args.refit, "selection": args.selection,
+        "prior": args.prior, "refit": args.refit, "selection": args.selection, "refinement": res.plan.refinement,
         "spans": [{"s": sp.s, "e": sp.e, "transform": sp.transform, "residual": sp.residual, "fold": sp.fold,
                    "unfolded_residual": sp.unfolded_residual} for sp in res.plan.spans],
         "params_before": res.num_params_before, "params_after": res.num_params_after, "plan": str(args.out),
@@ -96,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
     for sp in res.plan.spans:
         folded = f" (folded; unfolded map {sp.unfolded_residual:.4f})" if sp.fold else ""
         print(f"  {sp.s:3d} -> {sp.e:<3d} {sp.transform:<8} residual {sp.residual:.4f}{folded}")
+    ref = res.plan.refinement or {}
+    if "heldout_before" in ref:
+        print(f"  refined {ref['num_trained']:,} parameters ({ref['params']}) at the {ref['target']}: held-out loss "
+              f"{ref['heldout_before']:.4f} -> {ref['heldout_after']:.4f}, {ref['steps']} steps, "
+              f"{ref['seconds']:.0f} s")
     print(f"plan written to {args.out}")
     if args.json:
         write_json(args.json, summary)
