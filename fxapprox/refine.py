@@ -71,10 +71,11 @@ class RefineOptions:
     """Settings of the refinement and of the `mlp` transform's local fit."""
 
     params: str = "maps"  # "maps", or "maps+norms": also every 1-D parameter after the first span
-    steps: int | None = None  # optimiser steps (one per training batch); None: `epochs` passes
+    steps: int | None = None  # optimiser steps (one per `batch_size` samples); None: `epochs` passes
     epochs: int = 3
     time_budget_s: float | None = None  # stop after this many seconds (then not deterministic)
     lr: float = 1e-4
+    batch_size: int = 8  # samples per optimiser step (calibration batches are cut into pieces this size)
     holdout: float = 0.25  # share of the calibration batches kept for early stopping
     patience: int = 2  # evaluations without a better held-out loss before stopping
     seed: int = 0
@@ -86,7 +87,7 @@ class RefineOptions:
     def __post_init__(self) -> None:
         if self.params not in REFINE_PARAMS:
             raise RefineError(f"params={self.params!r} is not one of {REFINE_PARAMS}")
-        for name in ("epochs", "patience", "mlp_epochs"):
+        for name in ("epochs", "batch_size", "patience", "mlp_epochs"):
             if getattr(self, name) < 1:
                 raise RefineError(f"{name}={getattr(self, name)} must be at least 1")
         for name in ("steps", "mlp_hidden"):
@@ -133,7 +134,7 @@ class RefineReport:
     heldout_before: float
     heldout_after: float
     seconds: float
-    train_batches: int
+    train_batches: int  # pieces of `batch_size` samples: optimiser steps per pass
     heldout_batches: int
     stopped: str  # "steps", "patience" or "time"
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out loss) per evaluation
@@ -291,6 +292,12 @@ class _Batch:
     reference: torch.Tensor  # the original model's output rows
 
 
+def _pieces(inputs: ModelInputs, size: int) -> list[ModelInputs]:
+    """One batch → consecutive pieces of at most `size` samples."""
+    n = inputs.batch_size
+    return [inputs.map_tensors(lambda t, i=i: t[i:i + size]) for i in range(0, n, size)]
+
+
 def _reader(target: str) -> Callable[[Any, torch.Tensor | None], torch.Tensor]:
     if target == "logits":
         return lambda out, mask: token_rows(final_logits(out), mask)
@@ -394,8 +401,9 @@ def refine_output(result: CompressionResult, model: nn.Module, batches: Sequence
                  for path, p in {**maps, **vectors}.items()}
     cut = GraphCut(gm, cut_node)
     target, read = None, None
-    data: list[_Batch] = []
-    for inputs in tqdm(batches, desc="refine: cache", unit="batch", leave=False, disable=not progress):
+
+    def cached(inputs: ModelInputs) -> _Batch:
+        nonlocal target, read
         with torch.no_grad():
             reference = inputs.call(model)
             live = cut.head(*flat_graph_inputs(gm, inputs))
@@ -403,10 +411,12 @@ def refine_output(result: CompressionResult, model: nn.Module, batches: Sequence
             target = output_target(reference, "auto")
             read = _reader(target)
         mask = token_mask(inputs)
-        data.append(_Batch(tuple(live), mask, read(reference, mask).detach()))
-    index = {id(b): i for i, b in enumerate(batches)}
-    train_data = [data[index[id(b)]] for b in train]
-    held_data = [data[index[id(b)]] for b in held]
+        return _Batch(tuple(live), mask, read(reference, mask).detach())
+
+    pieces = [piece for b in train for piece in _pieces(b, opts.batch_size)]
+    train_data = [cached(b) for b in tqdm(pieces, desc="refine: cache", unit="batch", leave=False,
+                                          disable=not progress)]
+    held_data = [cached(b) for b in held]
     tensors = list(trainable.values())
 
     def damage(batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,8 +35,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        "spans chosen by --metric")
     p.add_argument("--transform", choices=("linear", "identity", "auto", "mlp"), default="linear",
                    help="what replaces each span: a least-squares linear map, nothing (identity; needs equal "
-                   "widths), auto: the identity where its residual is within --auto-tolerance of the linear "
-                   "map's, else linear, or mlp: the linear map plus a bottleneck MLP fitted on the span's "
+                   "widths), or auto: the identity where its residual is within --auto-tolerance of the linear "
+                   "map's, else linear; mlp: the linear map plus a bottleneck MLP fitted on the span's "
                    "boundaries (default: linear)")
     p.add_argument("--mlp-fraction", type=float, default=None, metavar="F",
                    help="with --transform mlp: the MLP's FLOPs per token as a fraction of the span's (default: 0.1)")
