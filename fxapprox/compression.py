@@ -2,7 +2,8 @@
 
 `compress()` captures the model, finds its blocks and their boundary nodes, streams the
 calibration batches into boundary moments, chooses spans (given, or `num_blocks` by score),
-fits each span's transform and rewrites the graph. `units="half"` counts spans in half blocks
+fits each span's transform and rewrites the graph; `transform="mlp"` and `refine="output"` then
+train the replacements (`fxapprox.refine`). `units="half"` counts spans in half blocks
 (attention branch, MLP branch); `transform="auto"` picks identity or affine per span. `load()`
 re-applies a saved plan without calibration data.
 """

@@ -112,3 +112,20 @@ def test_bad_options_are_typed_errors():
     res = _compress(model, batches)
     with pytest.raises(RefineError, match="unknown options"):
         refine_output(res, model, batches, learning_rate=1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["vit", "bert"])
+def test_refinement_on_captured_hugging_face_graphs(tmp_path, family):
+    from tiny_models import hf_family
+
+    model, batches, other = hf_family(family)  # torch.export graphs; bert: padded tokens, masked
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = fxapprox.compress(model, batches * 2, spans=[(0, 1)], num_samples=24, progress=False, refine="output",
+                            refine_options={"params": "maps+norms", "lr": 1e-3, "epochs": 2, "batch_size": 2})
+    assert res.plan.refinement["target"] == "features" and res.plan.refinement["num_trained"] > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    res.save(tmp_path / "plan")
+    back = fxapprox.load(model, tmp_path / "plan")
+    got, want = back.module(**other), res.module(**other)
+    assert torch.equal(got.last_hidden_state, want.last_hidden_state)
