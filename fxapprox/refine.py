@@ -39,6 +39,7 @@ import torch.fx
 from torch import nn
 from tqdm.auto import tqdm
 
+from fxapprox import distributed
 from fxapprox.blocks import find_block_stack
 from fxapprox.boundaries import Boundaries
 from fxapprox.calibrate import EagerBlockHooks, token_rows
@@ -158,6 +159,9 @@ def check_refine(refine: str | None, *, mlp: bool, fold: bool, units: str,
     if options is not None and not isinstance(options, RefineOptions):
         raise RefineError(f"refine_options must be a RefineOptions or a dict of its fields, not "
                           f"{type(options).__name__}")
+    if (mlp or refine) and distributed.world_size() > 1:
+        raise RefineError(f"refine= and transform='mlp' train in one process, not in a group of "
+                          f"{distributed.world_size()}: run compress without torchrun")
     if mlp and fold:
         raise RefineError("transform='mlp' inserts a module per span; fold=True adds none: use one or the other")
     if mlp and units != "block":
