@@ -2,7 +2,8 @@
 
 `compress()` composes the five stages of `fxapprox.stages`: capture (graph, block boundaries) →
 calibrate (boundary moments) → select (spans: given, `num_blocks` by a score, or a budget) → fit
-(each span's map) → rewrite (the graph). Its keyword arguments build a `CompressConfig` (or
+(each span's map) → rewrite (the graph) → refine (only when asked: replacements trained at the
+output). Its keyword arguments build a `CompressConfig` (or
 override the fields of the one given). `load()` / `apply_plan()` re-apply a saved plan without
 calibration data.
 """
@@ -21,7 +22,7 @@ from fxapprox.errors import PlanMismatchError
 from fxapprox.inputs import as_model_inputs
 from fxapprox.plan import Plan
 from fxapprox.prepare import trace
-from fxapprox.stages import calibrate, capture, fit, rewrite, select
+from fxapprox.stages import calibrate, capture, fit, refine, rewrite, select
 from fxapprox.stages.capture import reference_param
 from fxapprox.stages.rewrite import CompressionResult, rewrite_graph
 
@@ -62,6 +63,9 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], config: CompressConf
     already replaced (one more calibration pass per span, up to its start).
     `fold=True` writes each span's map into the Linear that ends the unit before it (`H_s = R + B`:
     fit `B → H_e - R`), so no module is added.
+    `transform="mlp"` adds to each span's affine map a residual bottleneck MLP fitted on its
+    boundaries, and `refine="output"` then trains the replacements at the model's output (the
+    refine stage, `fxapprox.refine`; settings in `refine_options`, a `RefineOptions` or a dict).
     """
     config = CompressConfig(**overrides) if config is None else config.replace(**overrides)
     captured = capture.run(model, calib_loader, config)
@@ -70,7 +74,7 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], config: CompressConf
     plan = fit.run(calibration, selection, config)
     result = rewrite.run(captured, plan)
     result.selection_steps = selection.steps
-    return result
+    return refine.run(model, captured, result, config)
 
 
 def load(model: nn.Module, path: str | Path, *, example_inputs: Any = None) -> CompressionResult:

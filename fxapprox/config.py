@@ -3,7 +3,8 @@
 A config says what to remove (exactly one of `spans`, `num_blocks`, `budget` (fraction of the
 FLOPs), `param_budget`, `latency_budget`) and how each stage works: capture (`blocks`, `units`),
 calibrate (`num_samples`), select (`selection` rule, `metric`, `output_target`), fit (`transform`,
-`auto_tolerance`, `ridge`, `prior`, `refit`) and rewrite (`fold`). It is validated once, in its
+`auto_tolerance`, `ridge`, `prior`, `refit`), rewrite (`fold`) and refine (`refine`,
+`refine_options`: training the replacements at the model's output, `fxapprox.refine`). It is validated once, in its
 constructor: a bad value raises a `ConfigError` whose `field` (and message) names the option.
 `to_dict()` / `CompressConfig.from_dict(d)` round-trip through JSON (a recipe file, or the
 `"config"` of a saved plan); `changes()` lists the options that differ from the defaults.
@@ -15,20 +16,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from fxapprox.boundaries import UNITS
 from fxapprox.costs import BlockLatency
-from fxapprox.errors import ConfigError, MetricConfigError, SpanConfigError
+from fxapprox.errors import ConfigError, MetricConfigError, RefineError, SpanConfigError
 from fxapprox.fit import DEFAULT_RIDGE, PRIORS
 from fxapprox.metrics import METRIC_INFO
 from fxapprox.output_score import OUTPUT_TARGETS
 
-__all__ = ["CompressConfig", "TRANSFORMS", "REFITS", "SELECTIONS", "TARGETS", "DEFAULT_AUTO_TOLERANCE",
-           "OUTPUT_METRIC"]
+__all__ = ["CompressConfig", "RefineOptions", "TRANSFORMS", "REFITS", "SELECTIONS", "TARGETS", "REFINES",
+           "REFINE_PARAMS", "DEFAULT_AUTO_TOLERANCE", "OUTPUT_METRIC"]
 
-TRANSFORMS = ("linear", "identity", "auto")
+TRANSFORMS = ("linear", "identity", "auto", "mlp")
 REFITS = ("independent", "sequential")
 # Selection rules (fxapprox.select.RULES, plus the greedy "iterative" one of fxapprox.sequential).
 SELECTIONS = ("dp", "iterative", "topk", "lowest")
@@ -39,6 +40,65 @@ DEFAULT_AUTO_TOLERANCE = 0.01
 TARGETS = ("spans", "num_blocks", "budget", "param_budget", "latency_budget")
 
 Span = tuple[int, int]
+
+REFINES = ("output",)
+REFINE_PARAMS = ("maps", "maps+norms")
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """Settings of the refinement and of the `mlp` transform's local fit."""
+
+    params: str = "maps"  # "maps", or "maps+norms": also every 1-D parameter after the first span
+    steps: int | None = None  # optimiser steps (one per `batch_size` samples); None: `epochs` passes
+    epochs: int = 3
+    time_budget_s: float | None = None  # stop after this many seconds (then not deterministic)
+    lr: float = 1e-4
+    batch_size: int = 8  # samples per optimiser step (calibration batches are cut into pieces this size)
+    holdout: float = 0.25  # share of the calibration batches kept for early stopping
+    patience: int = 2  # evaluations without a better held-out loss before stopping
+    seed: int = 0
+    mlp_fraction: float = 0.1  # transform="mlp": the MLP's FLOPs per token / the span's
+    mlp_hidden: int | None = None  # transform="mlp": this hidden width instead of mlp_fraction's
+    mlp_epochs: int = 20  # passes of the local MLP fit over the calibration tokens
+    mlp_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.params not in REFINE_PARAMS:
+            raise RefineError(f"params={self.params!r} is not one of {REFINE_PARAMS}")
+        for name in ("epochs", "batch_size", "patience", "mlp_epochs"):
+            if getattr(self, name) < 1:
+                raise RefineError(f"{name}={getattr(self, name)} must be at least 1")
+        for name in ("steps", "mlp_hidden"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise RefineError(f"{name}={getattr(self, name)} must be at least 1 (or None)")
+        for name in ("lr", "mlp_lr", "mlp_fraction"):
+            if not getattr(self, name) > 0:
+                raise RefineError(f"{name}={getattr(self, name)} must be positive")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise RefineError(f"time_budget_s={self.time_budget_s} must be positive (or None)")
+        if not 0 < self.holdout < 1:
+            raise RefineError(f"holdout={self.holdout} must be a fraction in (0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _refine_options(value: Any) -> RefineOptions | None:
+    """None, a `RefineOptions` or a dict of its fields → `RefineOptions` (or None); else `ConfigError`."""
+    if value is None or isinstance(value, RefineOptions):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError("refine_options", f"refine_options={value!r} must be a RefineOptions or a dict of its "
+                          "fields")
+    unknown = sorted(set(value) - {f.name for f in fields(RefineOptions)})
+    if unknown:
+        raise ConfigError("refine_options", f"refine_options has unknown field(s) {unknown}; choose from "
+                          f"{[f.name for f in fields(RefineOptions)]}")
+    try:
+        return RefineOptions(**value)
+    except (RefineError, TypeError) as err:
+        raise ConfigError("refine_options", f"refine_options: {err}") from None
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -95,11 +155,15 @@ class CompressConfig:
     refit: str = "independent"
     # rewrite
     fold: bool = False
+    # refine (after the rewrite): train the replacements at the model's output
+    refine: str | None = None              # None, or "output"
+    refine_options: RefineOptions | None = None  # also the `mlp` transform's local fit; None: the defaults
     # reporting
     progress: bool = field(default=True, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spans", _spans(self.spans))
+        object.__setattr__(self, "refine_options", _refine_options(self.refine_options))
         if isinstance(self.block_latency, dict):
             try:
                 object.__setattr__(self, "block_latency", BlockLatency(**self.block_latency))
@@ -147,9 +211,25 @@ class CompressConfig:
         for name in ("fold", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"{name}={getattr(self, name)!r} must be True or False")
+        if self.refine is not None:
+            _choice("refine", self.refine, REFINES)
+        if self.transform == "mlp" and self.fold:
+            raise ConfigError("fold", "transform='mlp' inserts a module per span; fold=True adds none: use one or "
+                              "the other")
+        if self.transform == "mlp" and self.spans is None and self.num_blocks is None:
+            raise ConfigError("transform", "transform='mlp' sizes each MLP after the spans are chosen, so a budget "
+                              "cannot pay for it yet: give spans= or num_blocks=, or reach the budget with "
+                              "transform='linear' and refine='output'")
+        if self.transform == "mlp" and self.units != "block":
+            raise ConfigError("units", "transform='mlp' sizes its MLP by the FLOPs of whole blocks: use units='block'")
         if self.fold and self.transform != "linear":
             raise ConfigError("fold", f"fold=True folds a fitted map; transform={self.transform!r} has none (an "
                               "identity span adds no module anyway): use transform='linear'")
+
+    @property
+    def trains(self) -> bool:
+        """Whether the replacements are trained after the rewrite (`refine`, or `transform="mlp"`)."""
+        return self.refine is not None or self.transform == "mlp"
 
     # --- construction and JSON -----------------------------------------------------------------
 
@@ -168,9 +248,10 @@ class CompressConfig:
         return out
 
     def changes(self) -> dict[str, Any]:
-        """The options that differ from the defaults, as `compress` keyword arguments."""
+        """The options that differ from the defaults, JSON-ready (as `to_dict`; `compress` takes them as
+        keyword arguments too)."""
         default = {f.name: f.default for f in fields(self)}
-        return {k: v for k, v in self.kwargs().items() if v != default[k]}
+        return {k: v for k, v in self.to_dict().items() if getattr(self, k) != default[k]}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every option (spans as lists, block latencies as a dict)."""
@@ -179,6 +260,8 @@ class CompressConfig:
             out["spans"] = [list(sp) for sp in self.spans]
         if self.block_latency is not None:
             out["block_latency"] = self.block_latency.to_dict()
+        if self.refine_options is not None:
+            out["refine_options"] = self.refine_options.to_dict()
         return out
 
     @classmethod

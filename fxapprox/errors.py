@@ -41,6 +41,7 @@ __all__ = [
     "InferenceOnlyError",
     "GraphDtypeError",
     "one_line",
+    "RefineError",
 ]
 
 
@@ -205,3 +206,7 @@ class InferenceOnlyError(FxApproxError, NotImplementedError):
 class GraphDtypeError(FxApproxError, TypeError):
     """A captured graph fixed a floating dtype (an upcast, a cast to the weights' dtype) that a
     conversion of the module (`.half()`, `.to(dtype)`) would have to change."""
+
+
+class RefineError(FxApproxError, ValueError):
+    """Options of the refinement or of the `mlp` transform are invalid, or the result cannot be refined."""

@@ -7,7 +7,9 @@ own Linear again. Format 2 adds `units`, `fold`, `unfolded_residual`, `prior`, `
 format-1 plans (whole-block spans) still load (without them: blocks, no fold, zero prior,
 independent fits). `config` records how the plan was made (`CompressConfig.to_dict()`) and, for
 a budget, `reached` what it saves (fractions of the FLOPs and parameters, or of the latency);
-plans written without them load with None.
+plans written without them load with None. `refinement` (optional) records what
+`refine="output"` and `transform="mlp"` trained; their values are plan weights (`span.s.e.mlp.*`,
+`refined.<parameter path>`).
 
 `save` writes the directory atomically (complete or absent, `fxapprox.atomic.atomic_dir`) and
 records in `plan.json` the sha256 of the span weights and of the example inputs (`"sha256"`).
@@ -35,6 +37,7 @@ from fxapprox.boundaries import UNITS
 from fxapprox.errors import CorruptPlanError, OutputExistsError, PlanMismatchError, SpanError, one_line
 from fxapprox.fit import PRIORS
 from fxapprox.inputs import ModelInputs
+from fxapprox.span_modules import REFINED_PREFIX
 from fxapprox.spans import validate_spans
 
 __all__ = ["SpanPlan", "Plan", "PLAN_FORMAT", "tensor_sha256", "check_plan_target"]
@@ -44,7 +47,7 @@ _READABLE = ("fxapprox-plan/1", PLAN_FORMAT)  # version 1: whole-block spans, no
 _JSON, _WEIGHTS = "plan.json", "weights.safetensors"
 _CHECKSUM = "sha256"  # plan.json key: {"weights": hex digest, "example": hex digest}
 _WHAT = {"weights": "span weights (or the spans they are applied as)", "example": "example inputs"}
-_TRANSFORMS = ("linear", "identity")  # what a saved span holds ("auto" resolves to one of them)
+_TRANSFORMS = ("linear", "identity", "mlp")  # what a saved span holds ("auto" resolves to linear or identity)
 
 
 def tensor_sha256(tensors: dict[str, torch.Tensor], context: str = "") -> str:
@@ -107,6 +110,7 @@ class Plan:
     refit: str = "independent"  # "independent" (original activations) or "sequential"
     config: dict[str, Any] | None = None  # the CompressConfig it was made with (to_dict)
     reached: dict[str, float] | None = None  # for a budget: fractions saved ("flops", "params", "latency")
+    refinement: dict[str, Any] | None = None  # refine="output" / transform="mlp": what was trained (refine.py)
     weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     example: ModelInputs = field(default_factory=ModelInputs, repr=False)
 
@@ -198,6 +202,7 @@ _PLAN_KEYS: dict[str, tuple[Callable[[Any], bool], str, int]] = {
     "source": (lambda v: v is None or isinstance(v, str), "a string or null", _OPTIONAL),
     "units": (*_one_of(UNITS), 2), "prior": (*_one_of(PRIORS), 2), "refit": (*_STR, 2),
     "config": (lambda v: v is None or isinstance(v, dict), "a JSON object of options or null", _OPTIONAL),
+    "refinement": (lambda v: v is None or isinstance(v, dict), "a JSON object or null", _OPTIONAL),
     "reached": (lambda v: v is None or (isinstance(v, dict) and all(_is_number(x) for x in v.values())),
                 "an object of fractions or null", _OPTIONAL),
 }
@@ -277,12 +282,21 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _check_tensors(plan: Plan, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Each linear span has a floating `weight (in, out)` and `bias (out,)`; nothing else but example inputs."""
+    """Each linear (or mlp) span has a floating `weight (in, out)` and `bias (out,)` (an mlp span also its
+    bottleneck's tensors); nothing else but refined parameters (`refined.<path>`, shapes checked when
+    applied) and example inputs."""
     expected: dict[str, tuple[int, ...]] = {}
     for sp in plan.spans:
-        if sp.transform == "linear":
+        if sp.transform in ("linear", "mlp"):
             expected[f"{sp.key}.weight"] = (sp.in_features, sp.out_features)
             expected[f"{sp.key}.bias"] = (sp.out_features,)
+        if sp.transform == "mlp":  # the bottleneck of `span_modules.ResidualMLP`, hidden width as saved
+            down = plan.weights.get(f"{sp.key}.mlp.down.weight")
+            hidden = down.shape[0] if down is not None and down.ndim == 2 else 0
+            shapes = {"norm.weight": (sp.in_features,), "norm.bias": (sp.in_features,),
+                      "down.weight": (hidden, sp.in_features), "down.bias": (hidden,),
+                      "up.weight": (sp.out_features, hidden), "up.bias": (sp.out_features,)}
+            expected.update({f"{sp.key}.mlp.{name}": shape for name, shape in shapes.items()})
     for key, shape in expected.items():
         t = plan.weights.get(key)
         if t is None:
@@ -290,7 +304,7 @@ def _check_tensors(plan: Plan, tensors: dict[str, torch.Tensor], path: Path) -> 
         if tuple(t.shape) != shape or not t.is_floating_point():
             raise CorruptPlanError(f"{path}: {key!r} is {t.dtype} of shape {tuple(t.shape)}, expected a floating "
                                    f"tensor of shape {shape} (the span's in/out features)")
-    extra = sorted(set(plan.weights) - set(expected))
+    extra = sorted(k for k in set(plan.weights) - set(expected) if not k.startswith(REFINED_PREFIX))
     if extra:
         raise CorruptPlanError(f"{path} holds tensor(s) {extra[:3]} that no span of the plan uses")
     args = sorted(i for i in map(_arg_index, tensors) if i is not None)

@@ -20,7 +20,7 @@ from fxapprox.boundaries import Boundaries
 from fxapprox.capture import flat_graph_inputs
 from fxapprox.inputs import ModelInputs
 
-__all__ = ["SuffixRunner", "PrefixCache"]
+__all__ = ["SuffixRunner", "PrefixCache", "GraphCut"]
 
 
 class PrefixCache:
@@ -64,6 +64,34 @@ def _suffix_module(gm: torch.fx.GraphModule, live: list[torch.fx.Node], body: li
     return torch.fx.GraphModule(gm, graph, f"{type(gm).__name__}Suffix")
 
 
+def _live_at(nodes: list[torch.fx.Node], order: dict[torch.fx.Node, int], cut: int) -> list[torch.fx.Node]:
+    """The nodes up to position `cut` that a node after it reads."""
+    return [n for n in nodes[: cut + 1] if any(order[u] > cut for u in n.users)]
+
+
+class GraphCut:
+    """`gm` cut after `node`: `head(*flat inputs)` → the live values (the nodes up to `node` that
+    later ones read, `node` among them), `tail(*live values)` → the flat output. Both share `gm`'s
+    parameters and submodules (built from `gm` as root), so training `tail` trains `gm`."""
+
+    def __init__(self, gm: torch.fx.GraphModule, node: torch.fx.Node):
+        nodes = list(gm.graph.nodes)
+        order = {n: i for i, n in enumerate(nodes)}
+        cut = order[node]
+        self.gm = gm
+        self.live = _live_at(nodes, order, cut)
+        graph, env = torch.fx.Graph(), {}
+        for n in nodes[: cut + 1]:
+            env[n] = graph.node_copy(n, env.__getitem__)
+        graph.output(tuple(env[n] for n in self.live))
+        self.head = torch.fx.GraphModule(gm, graph, f"{type(gm).__name__}Head")
+        self.tail = _suffix_module(gm, self.live, nodes[cut + 1:], None)
+
+    def output(self, flat: Any) -> Any:
+        """The tail's flat output in the structure the model returns."""
+        return self.gm.graph._codegen.process_outputs(flat)
+
+
 class SuffixRunner:
     """Runs `gm` once per batch (`prefix`), then from any boundary on (`run_from`)."""
 
@@ -78,7 +106,7 @@ class SuffixRunner:
         for k in range(-1, boundaries.num_blocks):
             cut = order[boundaries[k]]
             self._cut[k] = cut
-            self._live_in[k] = [n for n in self._nodes[: cut + 1] if any(order[u] > cut for u in n.users)]
+            self._live_in[k] = _live_at(self._nodes, order, cut)
             needed.update(self._live_in[k])
         self._needed = sorted(needed, key=order.__getitem__)
         self._prefix = _prefix_module(gm, self._needed)

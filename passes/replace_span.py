@@ -1,4 +1,5 @@
-"""Blocks s+1..e of a GraphModule → one `call_module` to a new `nn.Linear` on `H_s`, or `H_s` itself.
+"""Blocks s+1..e of a GraphModule → one `call_module` to a new module on `H_s` (an `nn.Linear`, or any
+`nn.Module` mapping `H_s` to `H_e`'s shape, e.g. a residual MLP), or `H_s` itself.
 
 Every user of `H_e` is redirected to the replacement, then dead code, and the submodules,
 parameters and buffers of the removed blocks, are pruned; the graph is linted and recompiled.
@@ -19,19 +20,20 @@ __all__ = ["SpanRewrite", "ReplaceSpansPass", "replace_spans", "ReplaceRecord", 
 
 
 def span_module_name(s: int, e: int) -> str:
-    """Attribute name of the Linear that replaces blocks s+1..e."""
+    """Attribute name of the module that replaces blocks s+1..e."""
     return f"fxapprox_blocks_{s + 1}_to_{e}"
 
 
 @dataclass
 class SpanRewrite:
-    """Replace blocks s+1..e: `H_e` (node `target`) ← `linear(H_s)` or `H_s` (node `source`)."""
+    """Replace blocks s+1..e: `H_e` (node `target`) ← `linear(H_s)` or `H_s` (node `source`); `linear` may
+    be any `nn.Module` of one tensor."""
 
     s: int
     e: int
     source: str
     target: str
-    linear: nn.Linear | None = None
+    linear: nn.Module | None = None
 
 
 @dataclass

@@ -58,3 +58,18 @@ def test_eval_applies_a_plan_saved_by_compress(tmp_path, capsys):
     assert "features" not in shown.err and "linear probe" not in shown.err  # --no-progress: no bar at all
     assert cli.main(["eval", str(vit), *common, *probe, "--plan", str(tmp_path / "no-plan")]) == 2
     assert "is not an fxapprox plan directory" in capsys.readouterr().err
+
+
+def test_refine_and_mlp_flags_reach_the_plan(tmp_path, monkeypatch, capsys):
+    model = tiny_net(["mlp"] * 4)
+    monkeypatch.setattr(compress_cli, "load_model_and_calibration", lambda args: (model, None, tiny_batches(4, 8)))
+    argv = ["compress", "tiny", "--data", "none", "--samples", "32", "--spans", "0-2", "--transform", "mlp",
+            "--mlp-fraction", "0.2", "--refine", "output", "--refine-params", "maps+norms", "--refine-time", "600",
+            "--out", str(tmp_path / "plan"), "--no-progress"]
+    assert cli.main(argv) == 0
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    assert plan["spans"][0]["transform"] == "mlp" and plan["refinement"]["params"] == "maps+norms"
+    assert plan["refinement"]["options"]["mlp_fraction"] == 0.2 and plan["refinement"]["mlp"][0]["hidden"] >= 1
+    assert "refined" in capsys.readouterr().out
+    assert cli.main([*argv[:-3], "--fold", "--out", str(tmp_path / "p2")]) == 2
+    assert "fold=True" in capsys.readouterr().err

@@ -122,3 +122,14 @@ def test_the_plan_records_its_config_and_loads_without_it(tmp_path):
     (tmp_path / "plan" / "plan.json").write_text(json.dumps(meta))
     old = fxapprox.load(tiny_net(["mlp", "identity", "mlp"]), tmp_path / "plan")
     assert old.plan.config is None and old.plan.reached is None and old.spans == res.spans
+
+
+def test_refine_options_round_trip_through_json_and_are_checked():
+    config = CompressConfig(spans=[(0, 2)], transform="mlp", refine="output",
+                            refine_options={"params": "maps+norms", "mlp_fraction": 0.2})
+    back = CompressConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert back == config and back.refine_options.mlp_fraction == 0.2 and back.trains
+    assert config.changes()["refine_options"]["params"] == "maps+norms"
+    with pytest.raises(ConfigError) as err:
+        CompressConfig(spans=[(0, 2)], refine_options={"epochs": "three"})
+    assert err.value.field == "refine_options"

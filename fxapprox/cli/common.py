@@ -18,8 +18,9 @@ from typing import Any
 from fxapprox.errors import AssetError, FxApproxError, OutputExistsError, PlanMismatchError, SpanError
 
 __all__ = ["add_model_data_args", "add_units_arg", "load_model_and_calibration", "write_json", "positive_int",
-           "nonnegative_int", "nonnegative_float", "positive_ints", "optional_positive_ints", "ints", "spans_arg",
-           "SPANS_HELP", "check_split", "check_out_dir", "check_out_file", "check_output_files", "OUTPUT_FILE_OPTIONS",
+           "nonnegative_int", "nonnegative_float", "positive_float", "positive_ints", "optional_positive_ints", "ints",
+           "spans_arg", "SPANS_HELP", "check_split", "check_out_dir", "check_out_file", "check_output_files",
+           "OUTPUT_FILE_OPTIONS",
            "read_plan", "output_parent", "quiet_progress", "stage"]
 
 # options that name a file a subcommand writes: checked before the subcommand runs (`check_output_files`)
@@ -49,15 +50,25 @@ def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
-def nonnegative_float(text: str) -> float:
-    """argparse type: a finite number >= 0."""
+def _float_above(text: str, minimum: float, strict: bool) -> float:
+    bound = f"{'>' if strict else '>='} {minimum:g}"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number: give a number >= 0, e.g. 0.01") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: give a finite number >= 0, e.g. 0.01")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number: give a number {bound}, e.g. 0.01") from None
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give a finite number {bound}, e.g. 0.01")
     return value
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _float_above(text, 0.0, strict=False)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _float_above(text, 0.0, strict=True)
 
 
 def _int_list(text: str, minimum: int | None, *, empty: bool) -> tuple[int, ...]:

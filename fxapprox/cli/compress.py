@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         "spans": [{"s": sp.s, "e": sp.e, "transform": sp.transform, "residual": sp.residual, "fold": sp.fold,
                    "unfolded_residual": sp.unfolded_residual} for sp in res.plan.spans],
         "params_before": res.num_params_before, "params_after": res.num_params_after, "plan": str(args.out),
-        "reached": res.reached, "config": res.plan.config,
+        "reached": res.reached, "config": res.plan.config, "refinement": res.plan.refinement,
     }
     removed = res.num_params_before - res.num_params_after
     print(f"{args.model}: replaced {', '.join(f'{s} -> {e}' for s, e in res.spans)} ({config.transform}); "
@@ -75,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
     for sp in res.plan.spans:
         folded = f" (folded; unfolded map {sp.unfolded_residual:.4f})" if sp.fold else ""
         print(f"  {sp.s:3d} -> {sp.e:<3d} {sp.transform:<8} residual {sp.residual:.4f}{folded}")
+    ref = res.plan.refinement or {}
+    if "heldout_before" in ref:
+        print(f"  refined {ref['num_trained']:,} parameters ({ref['params']}) at the {ref['target']}: held-out loss "
+              f"{ref['heldout_before']:.4f} -> {ref['heldout_after']:.4f}, {ref['steps']} steps, "
+              f"{ref['seconds']:.0f} s")
     print(f"plan written to {args.out}")
     if args.json:
         write_json(args.json, summary)

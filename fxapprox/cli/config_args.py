@@ -17,8 +17,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from fxapprox.cli.common import SPANS_HELP, add_units_arg, nonnegative_float, positive_int, spans_arg
-from fxapprox.config import SELECTIONS, TARGETS, TRANSFORMS, CompressConfig
+from fxapprox.cli.common import SPANS_HELP, add_units_arg, nonnegative_float, positive_float, positive_int, spans_arg
+from fxapprox.config import REFINE_PARAMS, REFINES, SELECTIONS, TARGETS, TRANSFORMS, CompressConfig
 from fxapprox.errors import ConfigError
 from fxapprox.metrics import METRIC_INFO
 from fxapprox.output_score import OUTPUT_TARGETS
@@ -28,6 +28,9 @@ __all__ = ["add_config_args", "config_from_args", "read_recipe", "fraction_arg"]
 _S = argparse.SUPPRESS
 # argparse dest → CompressConfig field, where they differ
 _FIELDS = {"samples": "num_samples"}
+# argparse dest → field of `RefineOptions` (the config's `refine_options`)
+_REFINE_OPTIONS = {"refine_params": "params", "refine_steps": "steps", "refine_time": "time_budget_s",
+                   "mlp_fraction": "mlp_fraction"}
 
 
 def fraction_arg(text: str) -> float:
@@ -93,6 +96,20 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     rewrite = p.add_argument_group("rewrite")
     rewrite.add_argument("--fold", action="store_const", const=True, default=_S,
                          help="fold each map into the down projection of the block before it (no module added)")
+    refine = p.add_argument_group("refine (after the rewrite: replacements trained at the model's output)")
+    refine.add_argument("--refine", choices=REFINES, default=_S,
+                        help="output: train the replacements to minimise the damage at the model's output on the "
+                        "calibration data (Adam, a held-out quarter for early stopping)")
+    refine.add_argument("--refine-params", choices=REFINE_PARAMS, default=_S,
+                        help="with --refine: train the maps only (default), or also every 1-D parameter after the "
+                        "first span (norm scales and shifts, biases)")
+    refine.add_argument("--refine-steps", type=positive_int, default=_S, metavar="N",
+                        help="with --refine: optimiser steps (default: 3 passes over the calibration samples)")
+    refine.add_argument("--refine-time", type=positive_float, default=_S, metavar="SECONDS",
+                        help="with --refine: stop training after this many seconds (not reproducible)")
+    refine.add_argument("--mlp-fraction", type=positive_float, default=_S, metavar="F",
+                        help="with --transform mlp: the MLP's FLOPs per token as a fraction of the span's "
+                        "(default: 0.1)")
     for action in p._actions:  # options registered by shared helpers with real defaults: "not given" too
         if action.dest in ("samples", "blocks", "units"):
             action.default = _S
@@ -130,6 +147,10 @@ def config_from_args(args: argparse.Namespace, **fixed: Any) -> tuple[CompressCo
     replaces the target; every other option is checked before that work."""
     given = {_FIELDS.get(dest, dest): v for dest, v in vars(args).items() if _FIELDS.get(dest, dest) in _NAMES}
     recipe = read_recipe(args.config) if hasattr(args, "config") else {}
+    refine_given = {field: getattr(args, dest) for dest, field in _REFINE_OPTIONS.items() if hasattr(args, dest)}
+    if refine_given:  # flags over the recipe's refine_options
+        base = recipe.get("refine_options") or {}
+        given["refine_options"] = {**(base if isinstance(base, dict) else {}), **refine_given}
     if any(k in given for k in TARGETS):
         recipe = {k: v for k, v in recipe.items() if k not in TARGETS}
     options = {**recipe, **given, **fixed}

@@ -37,7 +37,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="FLOP fractions to save, comma-separated, e.g. 0.08,0.25 (default: what removing 1..6 whole "
                    "blocks saves)")
     p.add_argument("--methods", type=_methods, default=None,
-                   help="comma-separated subset of papers,shortgpt,blockpruner,replaceme,fxapprox (default: all)")
+                   help="comma-separated subset of papers,shortgpt,blockpruner,replaceme,fxapprox,fxapprox-refined,"
+                   "llm-streamline-style (default: the first five, the training-free rules; fxapprox-refined trains "
+                   "fxapprox's maps at the output, llm-streamline-style replaces its window by a trained FFN)")
     p.add_argument("--samples", type=positive_int, default=None,
                    help="calibration samples (default 500; 256 with --quick)")
     p.add_argument("--train", type=nonnegative_int, default=None,

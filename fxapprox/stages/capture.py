@@ -3,7 +3,8 @@
 Finds the block stack, checks what the config asks to remove against it (spans in range and not
 overlapping, `num_blocks` at most the units there are) before any work, traces the model on the
 first batch (`fxapprox.prepare.trace`) and keeps the batches for calibration (`refit="sequential"`
-keeps the calibration samples in memory: they are run again for every later span).
+keeps the calibration samples in memory: they are run again for every later span, as they are for
+the training of `refine` and `transform="mlp"`, which a process group refuses).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fxapprox import distributed
 from fxapprox.blocks import find_block_stack
 from fxapprox.calibrate import iter_batches, split_samples
 from fxapprox.config import CompressConfig
-from fxapprox.errors import FoldError, SpanError
+from fxapprox.errors import FoldError, RefineError, SpanError
 from fxapprox.inputs import ModelInputs
 from fxapprox.prepare import Traced, model_device, trace
 from fxapprox.spans import validate_spans
@@ -87,10 +88,13 @@ def run(model: nn.Module, calib_loader: Iterable[Any], config: CompressConfig) -
     if config.block_latency is not None and len(config.block_latency.block_ms) != stack.num_blocks:
         raise SpanError(f"the block latencies are for {len(config.block_latency.block_ms)} blocks, the model has "
                         f"{stack.num_blocks}: measure them on this model")
+    if config.trains and distributed.world_size() > 1:
+        raise RefineError(f"refine= and transform='mlp' train in one process, not in a group of "
+                          f"{distributed.world_size()}: run compress without torchrun")
     options = {k: v for k, v in config.to_dict().items() if k not in ("blocks", "progress")}
     distributed.check_same(model, blocks=stack.num_blocks, **options)
     first, batches = iter_batches(calib_loader, model)
-    if config.refit == "sequential":  # the same calibration samples again for every later span
+    if config.refit == "sequential" or config.trains:  # the samples again: later spans, training
         batches = list(split_samples(batches, config.num_samples)[0])
     traced = trace(model, first, stack, config.units, inline_blocks=config.fold)
     if config.spans is not None:

@@ -34,6 +34,7 @@ def _fit_span(moments: BoundaryMoments, s: int, e: int, config: CompressConfig,
     `"auto"`: the identity where the widths match and its residual is within `auto_tolerance` of the
     affine map's, else the affine map."""
     transform, ridge, prior = config.transform, config.ridge, config.prior
+    transform = "linear" if transform == "mlp" else transform  # the MLP goes on the map later (stages.refine)
     if transform != "linear":
         ident = identity_residual(moments, s, e) if widths[s + 1] == widths[e + 1] else math.inf
         if transform == "identity":

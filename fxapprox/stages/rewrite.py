@@ -1,7 +1,8 @@
 """Stage 5, rewrite: `Captured` + `Plan` → `CompressionResult` (the graph with its spans replaced).
 
 Folded spans are written into the Linear ending the block before them (`passes/fold_span.py`), the
-others replaced by one `nn.Linear` (or rewired to `H_s` for the identity; `passes/replace_span.py`);
+others replaced by one `nn.Linear` (a `ResidualMLP` for `transform="mlp"`; rewired to `H_s` for the
+identity; `passes/replace_span.py`), and refined parameters (`refined.<path>` plan weights) set;
 the removed blocks' nodes, parameters and buffers go. This stage never sees calibration data.
 """
 
@@ -12,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from fxapprox import distributed
 from fxapprox.boundaries import Boundaries
@@ -20,6 +20,7 @@ from fxapprox.passes.fold_span import FoldRecord, FoldRewrite, fold_spans
 from fxapprox.passes.replace_span import ReplaceRecord, SpanRewrite, replace_spans
 from fxapprox.plan import Plan
 from fxapprox.sequential import IterativeStep
+from fxapprox.span_modules import affine_linear, apply_refined, residual_mlp
 from fxapprox.stages.capture import Captured
 
 __all__ = ["CompressionResult", "run", "rewrite_graph"]
@@ -61,18 +62,10 @@ class CompressionResult:
         return self.plan.save(path, overwrite=overwrite) if distributed.is_main() else Path(path)
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor, like: torch.Tensor) -> nn.Linear:
-    """Float64 `x @ weight + bias` → an `nn.Linear` in the dtype and device of `like`."""
-    lin = nn.Linear(weight.shape[0], weight.shape[1], device=like.device, dtype=like.dtype)
-    with torch.no_grad():
-        lin.weight.copy_(weight.T)
-        lin.bias.copy_(bias)
-    return lin.requires_grad_(False)
-
-
 def rewrite_graph(gm: torch.fx.GraphModule, boundaries: Boundaries, plan: Plan,
                   like: torch.Tensor) -> tuple[ReplaceRecord, FoldRecord | None]:
-    """Apply the plan's spans to `gm` (the graph whose `boundaries` they are, or a copy): folds first, then the rest.
+    """Apply the plan's spans to `gm` (the graph whose `boundaries` they are, or a copy): folds first, then the
+    rest (a Linear, a `ResidualMLP` for `transform="mlp"`, or nothing), then the plan's refined parameters.
 
     No span starts where a folded one ends (`capture.check_folds`), so the two passes touch different nodes.
     """
@@ -82,12 +75,16 @@ def rewrite_graph(gm: torch.fx.GraphModule, boundaries: Boundaries, plan: Plan,
             folds.append(FoldRewrite(sp.s, sp.e, boundaries[sp.s].name, boundaries[sp.e].name,
                                      plan.weights[f"{sp.key}.weight"], plan.weights[f"{sp.key}.bias"]))
             continue
-        linear = None
+        module = None
         if sp.transform == "linear":
-            linear = _linear(plan.weights[f"{sp.key}.weight"], plan.weights[f"{sp.key}.bias"], like)
-        rewrites.append(SpanRewrite(sp.s, sp.e, boundaries[sp.s].name, boundaries[sp.e].name, linear))
+            module = affine_linear(plan.weights[f"{sp.key}.weight"], plan.weights[f"{sp.key}.bias"], like)
+        elif sp.transform == "mlp":
+            module = residual_mlp(plan.weights, sp.key, like)
+        rewrites.append(SpanRewrite(sp.s, sp.e, boundaries[sp.s].name, boundaries[sp.e].name, module))
     fold_record = fold_spans(gm, folds) if folds else None
-    return replace_spans(gm, rewrites), fold_record
+    record = replace_spans(gm, rewrites)
+    apply_refined(gm, plan.weights)
+    return record, fold_record
 
 
 def run(captured: Captured, plan: Plan) -> CompressionResult:

@@ -110,7 +110,7 @@ def run(calibration: Calibration, config: CompressConfig) -> Selection:
     num_units = traced.num_units
     if config.spans is not None:
         return Selection(validate_spans(config.spans, num_units, config.units), "given")
-    chooser = "linear" if config.transform == "auto" else config.transform
+    chooser = "linear" if config.transform in ("auto", "mlp") else config.transform
     budget = next((name for name in _BUDGETS if getattr(config, name) is not None), None)
     steps, counted, spans = None, None, []
     if budget is None:

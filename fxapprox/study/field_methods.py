@@ -18,6 +18,14 @@ graph machinery (no code of theirs; shared/DESIGN.md, "The field's rules"):
 * `fxapprox`: this library's best rule: the dynamic program over the `output` score (final-feature
   error of each span's fitted map on held-out samples) with linear maps, at least total error
   for the FLOP budget (`Analysis.select(flops_budget=...)`).
+* `fxapprox-refined`: the `fxapprox` plan, its maps (and the 1-D parameters after the first span)
+  then trained at the model's output (`refine="output"`, `params="maps+norms"`).
+* `llm-streamline-style` (Chen et al., ICLR 2025): the contiguous window of n blocks whose input
+  and output hidden states are most alike by cosine (the `cosine` score on all tokens), replaced
+  by one FFN of the model's FFN width (4 d) trained on the window's boundary tensors (MSE): here
+  `transform="mlp"` with `mlp_hidden=4 d`, fitted locally and not refined at the output (our FFN
+  sits on top of the least-squares map and starts equal to it); the FFN's FLOPs are paid from
+  the budget.
 
 A budget is the fraction of the whole model's FLOPs to save, net of added maps. A method whose
 plans come in steps takes the smallest plan that saves at least the budget; when none does, its
@@ -41,17 +49,20 @@ from fxapprox.config import CompressConfig
 from fxapprox.errors import SpanError
 from fxapprox.select import RULES, candidate_costs, first_reaching
 
-__all__ = ["METHODS", "METHOD_RULES", "MethodPlan", "rule_plan", "block_budgets", "budget_fraction", "block_influence",
-           "PruningOrder", "pruning_order"]
+__all__ = ["METHODS", "DEFAULT_METHODS", "METHOD_RULES", "MethodPlan", "rule_plan", "block_budgets",
+           "budget_fraction", "block_influence", "PruningOrder", "pruning_order"]
 
 Span = tuple[int, int]
 
-METHODS = ("papers", "shortgpt", "blockpruner", "replaceme", "fxapprox")
+METHODS = ("papers", "shortgpt", "blockpruner", "replaceme", "fxapprox", "fxapprox-refined", "llm-streamline-style")
+DEFAULT_METHODS = METHODS[:5]  # the training-free rules; the trained rows take minutes per plan on a CPU
+REFINED = {"refine": "output", "refine_options": {"params": "maps+norms"}}  # fxapprox-refined's compress options
+FFN_RATIO = 4  # llm-streamline-style: the replacing FFN's width / the model's (both real models' MLP ratio)
 
 _TOLERANCE = 1e-9  # relative slack when comparing a saving with its budget
 # The rule of `fxapprox.select.RULES` (or "iterative") each method selects with.
 METHOD_RULES = {"papers": "topk", "shortgpt": "lowest", "blockpruner": "iterative", "replaceme": "topk",
-                "fxapprox": "dp"}
+                "fxapprox": "dp", "fxapprox-refined": "dp", "llm-streamline-style": "topk"}
 
 
 @dataclass
@@ -191,6 +202,33 @@ def fxapprox_plan(an: Analysis, budget: float) -> MethodPlan:
     return plan
 
 
+def fxapprox_refined_plan(an: Analysis, budget: float) -> MethodPlan:
+    """`fxapprox_plan`'s spans and maps, then refined at the model's output (`REFINED`)."""
+    plan = fxapprox_plan(an, budget)
+    plan.method = "fxapprox-refined"
+    plan.config = plan.config.replace(**REFINED)
+    return plan
+
+
+def _ffn_flops(an: Analysis, s: int, e: int, hidden: int) -> float:
+    """FLOPs per sample of a `ResidualMLP` bottleneck of width `hidden` on span (s, e)'s boundary."""
+    return 2.0 * an.tokens_per_sample[s + 1] * hidden * (an.widths[s + 1] + an.widths[e + 1])
+
+
+def streamline_plan(an: Analysis, budget: float) -> MethodPlan:
+    """For the least n that saves the budget net of the FFN, the window of n blocks whose input and
+    output have the highest mean token cosine, replaced by `transform="mlp"` of width `FFN_RATIO` d."""
+    candidates = []
+    for n in range(1, an.num_blocks + 1):
+        windows = [(s, s + n) for s in range(-1, an.num_blocks - n)]
+        s, e = min(windows, key=lambda w: (an.score(*w, "cosine"), w))
+        hidden = FFN_RATIO * an.widths[e + 1]
+        saved = _span_saving(an, [(s, e)], "linear") - budget_fraction(an, _ffn_flops(an, s, e, hidden))
+        candidates.append((CompressConfig(spans=[(s, e)], transform="mlp", refine_options={"mlp_hidden": hidden}),
+                           saved))
+    return _first_reaching("llm-streamline-style", budget, candidates)
+
+
 def _most_blocks(an: Analysis) -> list[Span]:
     for k in range(an.num_blocks, 0, -1):
         try:
@@ -255,6 +293,10 @@ def rule_plan(method: str, budget: float, *, paper: Analysis, scores: Analysis,
         return replaceme_plan(scores, budget, fold=True)
     if method == "fxapprox":
         return fxapprox_plan(scores, budget)
+    if method == "fxapprox-refined":
+        return fxapprox_refined_plan(scores, budget)
+    if method == "llm-streamline-style":
+        return streamline_plan(scores, budget)
     if order is None:
         raise ValueError("blockpruner needs its greedy order: pass order=pruning_order(...)")
     return blockpruner_plan(order, budget)

@@ -46,7 +46,7 @@ from fxapprox.atomic import atomic_write_text, save_figure
 from fxapprox.config import CompressConfig
 from fxapprox.errors import FoldError
 from fxapprox.study.damage import measure_damage, probe_accuracy
-from fxapprox.study.field_methods import METHODS, MethodPlan, block_budgets, pruning_order, rule_plan
+from fxapprox.study.field_methods import DEFAULT_METHODS, METHODS, MethodPlan, block_budgets, pruning_order, rule_plan
 from fxapprox.study.span_features import SpanFeatures
 
 __all__ = ["FrontierConfig", "frontier", "write_report", "json_view", "to_markdown", "plot", "bootstrap_mean_ci",
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 class FrontierConfig:
     """Sizes of every stage (the defaults are the whole-split protocol; `quick()` fits 2 CPU cores)."""
 
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     budgets: tuple[float, ...] | None = None  # None: what removing 1 .. max_blocks whole blocks saves
     max_blocks: int = 6
     samples: int = 500            # calibration samples: every fit, the all-token scores
@@ -189,7 +189,7 @@ def _split_features(module: torch.nn.Module, batches: list[Any], desc: str) -> t
 def _plan_key(result: Any, config: CompressConfig) -> str:
     """What makes two compressions the same model: the plan's spans and the options beyond them."""
     spans = [{k: v for k, v in asdict(sp).items() if k != "residual"} for sp in result.plan.spans]
-    options = {k: getattr(config, k) for k in ("units", "fold", "refit", "prior")}
+    options = {k: getattr(config, k) for k in ("units", "fold", "refit", "prior", "refine", "refine_options")}
     return json.dumps({"spans": spans, **options}, sort_keys=True, default=str)
 
 
@@ -299,12 +299,14 @@ def _measure_plan(plan: MethodPlan, model: torch.nn.Module, calib: Any, cfg: Fro
     import fxapprox
 
     config = plan.config.replace(num_samples=cfg.samples, progress=False)
+    started = time.perf_counter()
     try:
         res = fxapprox.compress(model, calib, config=config)
     except FoldError as err:  # e.g. post-norm blocks (BERT): ReplaceMe's fold needs a Linear added to the stream
         plan.config = plan.config.replace(fold=False)
         plan.notes.append(f"map not folded: {err}")
         res = fxapprox.compress(model, calib, config=config.replace(fold=False))
+    cost = _training_cost(res, time.perf_counter() - started)
     key = _plan_key(res, plan.config)
     if key not in measured:
         train, test = features(res.module)
@@ -315,13 +317,25 @@ def _measure_plan(plan: MethodPlan, model: torch.nn.Module, calib: Any, cfg: Fro
             "units": plan.config.units, "rule": plan.rule,
             "transforms": [sp.transform for sp in res.plan.spans], "options": options,
             "predicted_flops_removed": plan.predicted_flops_removed, "reaches_budget": plan.reaches_budget,
-            "notes": plan.notes}
+            "notes": plan.notes, **cost}
+
+
+def _training_cost(res: Any, seconds: float) -> dict[str, float]:
+    """A plan with trained replacements (`refine`, `transform="mlp"`): the training's seconds (the
+    local MLP fits and the refinement) and its multiple of the rest of `compress`; else nothing."""
+    ref = res.plan.refinement
+    if not ref:
+        return {}
+    trained = ref.get("seconds", 0.0) + sum(f["seconds"] for f in ref.get("mlp", []))
+    return {"compress_s": round(seconds, 1), "train_s": round(trained, 1),
+            "train_x_compress": round(trained / max(seconds - trained, 1e-9), 2)}
 
 
 # --- report ------------------------------------------------------------------------------------
 
 _LABELS = {"papers": "papers (TBA/TOAST)", "shortgpt": "ShortGPT", "blockpruner": "BlockPruner-style",
-           "replaceme": "ReplaceMe-style", "fxapprox": "fxapprox"}
+           "replaceme": "ReplaceMe-style", "fxapprox": "fxapprox", "fxapprox-refined": "fxapprox-refined",
+           "llm-streamline-style": "LLM-Streamline-style"}
 
 
 def json_view(result: dict[str, Any]) -> dict[str, Any]:
@@ -350,9 +364,11 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"(95 % bootstrap interval). Speed-up: onnxruntime median latency, original / plan, timed interleaved "
              f"({cfg['bench_iters']} runs).", ""]
     retrained = any("retrained_accuracy" in r for rows in result["methods"].values() for r in rows)
+    trained = any("train_s" in r for rows in result["methods"].values() for r in rows)
     head = ("| budget | method | spans | FLOPs removed | params removed | "
             + " | ".join(f"speed-up b{b}" for b in bs) + " | agreement | 95 % CI | accuracy ± SE (%) | cosine |"
-            + (" retrained acc. ± SE (%) | retrained agreement |" if retrained else ""))
+            + (" retrained acc. ± SE (%) | retrained agreement |" if retrained else "")
+            + (" training s (× compress) |" if trained else ""))
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for budget in result["budgets"]:
         for m, rows in result["methods"].items():
@@ -368,6 +384,8 @@ def to_markdown(result: dict[str, Any]) -> str:
                 if retrained:
                     cells += [f"{100 * r['retrained_accuracy']:.2f} ± {100 * r['retrained_accuracy_se']:.2f}",
                               f"{r['retrained_agreement']:.4f}"] if "retrained_accuracy" in r else ["–", "–"]
+                if trained:
+                    cells.append(f"{r['train_s']:.0f} ({r['train_x_compress']:.1f}×)" if "train_s" in r else "–")
                 lines.append("| " + " | ".join(cells) + " |")
     notes = sorted({n for rows in result["methods"].values() for r in rows for n in r["notes"]})
     if notes:

@@ -1,0 +1,93 @@
+"""Benchmark: refinement at the output and the `mlp` transform on real DINOv2-small / MNIST-5k → JSON lines.
+
+For each plan (spans), compress with the closed-form map, then with `refine="output"` (maps, maps +
+norms) and `transform="mlp"` (+ refinement), and measure each through a linear probe trained once on
+the original model's final [CLS] features and kept frozen: agreement with the original's predictions
+and accuracy on test images, plus the compress time, the refinement time and its held-out loss
+before/after. One JSON object per row on stdout; `--json PATH` writes them all.
+
+    python benchmarks/bench_refine.py [--plans "0-3;0-5"] [--samples 512] [--image-size 56] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from fxapprox.cli.common import write_json
+from fxapprox.refine import RefineOptions
+from fxapprox.spans import parse_spans
+
+VARIANTS = {
+    "closed-form": {},
+    "refine maps+norms": {"refine": "output", "refine_options": RefineOptions(params="maps+norms")},
+    "refine maps": {"refine": "output", "refine_options": RefineOptions(params="maps")},
+    "mlp + refine maps+norms": {"transform": "mlp", "refine": "output",
+                                "refine_options": RefineOptions(params="maps+norms")},
+}
+
+
+def main() -> None:
+    import fxapprox
+    from fxapprox.study import assets, data
+    from fxapprox.study.evaluate import extract_features, train_probe
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--samples", type=int, default=512, help="calibration samples (train split)")
+    p.add_argument("--train", type=int, default=1000, help="probe training images (original features)")
+    p.add_argument("--test", type=int, default=500, help="test images")
+    p.add_argument("--data", default="mnist-5k")
+    p.add_argument("--image-size", type=int, default=56)
+    p.add_argument("--plans", default="0-3;0-5", help="';'-separated span lists (s-e replaces blocks s+1..e)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
+    p.add_argument("--json", metavar="PATH")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    model = assets.load_model("dinov2-small").eval()
+    dataset = assets.load_dataset(args.data)
+    calib = data.calibration_loader("dinov2-small", dataset, num_samples=args.samples, size=args.image_size)
+
+    def labelled(split, n, seed):
+        return list(data.data_loader("dinov2-small", dataset, split=split, num_samples=n, size=args.image_size,
+                                     seed=seed, with_labels=True))
+
+    train, test = labelled("train", args.train, 2), labelled("test", args.test, 3)
+    train_x, train_y = extract_features(model, train, progress=False)
+    test_x, test_y = extract_features(model, test, progress=False)
+    probe = train_probe(train_x, train_y, num_classes=int(max(train_y.max(), test_y.max())) + 1, epochs=30)
+    with torch.no_grad():
+        original = probe(test_x).argmax(1)
+    rows = [{"plan": "original", "accuracy": float((original == test_y).float().mean())}]
+    print(json.dumps(rows[-1]), flush=True)
+    for text in args.plans.split(";"):
+        spans = parse_spans(text)
+        for name in args.variants.split(","):
+            t0 = time.perf_counter()
+            res = fxapprox.compress(model, calib, spans=spans, num_samples=args.samples, progress=False,
+                                    **VARIANTS[name])
+            seconds = time.perf_counter() - t0
+            x, _ = extract_features(res.module, test, progress=False)
+            with torch.no_grad():
+                pred = probe(x).argmax(1)
+            ref = res.plan.refinement or {}
+            rows.append({"plan": text, "variant": name, "compress_s": round(seconds, 1),
+                         "refine_s": ref.get("seconds"), "agreement": float((pred == original).float().mean()),
+                         "accuracy": float((pred == test_y).float().mean()),
+                         "heldout_before": ref.get("heldout_before"), "heldout_after": ref.get("heldout_after"),
+                         "steps": ref.get("steps"), "best_step": ref.get("best_step"), "stopped": ref.get("stopped"),
+                         "num_trained": ref.get("num_trained"), "mlp": ref.get("mlp"),
+                         "params_after": res.num_params_after})
+            print(json.dumps(rows[-1]), flush=True)
+    report = {"model": "dinov2-small", "data": args.data, "image_size": args.image_size, "samples": args.samples,
+              "train": args.train, "test": args.test, "torch": torch.__version__,
+              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "rows": rows}
+    if args.json:
+        write_json(args.json, report)
+
+
+if __name__ == "__main__":
+    main()
