@@ -255,8 +255,8 @@ def test_eval_answers_a_plan_json_that_is_not_json(tmp_path, monkeypatch, capsys
     (tmp_path / "P" / "weights.safetensors").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
     line = _main_error(["eval", "no-such-model", "--data", "mnist-5k", "--plan", "P"], capsys)
-    assert "P/plan.json cannot be read as a plan (JSONDecodeError" in line
-    assert "pass a plan directory written by `fxapprox compress --out`" in line
+    assert "P/plan.json is not valid JSON (JSONDecodeError" in line
+    assert "the plan is damaged, save it again" in line
 
 
 def test_a_text_model_on_image_data_is_answered_before_the_model_loads(tmp_path, monkeypatch, capsys,

@@ -15,13 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fxapprox.errors import AssetError, FxApproxError, OutputExistsError, PlanMismatchError, SpanError
+from fxapprox.errors import AssetError, OutputExistsError, SpanError
 
 __all__ = ["add_model_data_args", "add_units_arg", "load_model_and_calibration", "write_json", "positive_int",
            "nonnegative_int", "nonnegative_float", "positive_float", "positive_ints", "optional_positive_ints", "ints",
            "spans_arg", "SPANS_HELP", "check_split", "check_out_dir", "check_out_file", "check_output_files",
            "OUTPUT_FILE_OPTIONS",
-           "read_plan", "output_parent", "quiet_progress", "stage"]
+           "output_parent", "quiet_progress", "stage"]
 
 # options that name a file a subcommand writes: checked before the subcommand runs (`check_output_files`)
 OUTPUT_FILE_OPTIONS = ("json", "heatmap", "markdown", "onnx")
@@ -249,20 +249,6 @@ def output_parent(path: str | Path) -> Iterator[None]:
             except OSError:
                 break
         raise
-
-
-def read_plan(path: str | Path) -> Any:
-    """`Plan.read(path)`; a plan.json that cannot be read as a plan → `PlanMismatchError` naming the file."""
-    from fxapprox.plan import Plan
-
-    try:
-        return Plan.read(path)
-    except (FxApproxError, FileNotFoundError, NotADirectoryError, PermissionError):
-        raise
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError) as err:
-        raise PlanMismatchError(f"{Path(path) / 'plan.json'} cannot be read as a plan ({type(err).__name__}: "
-                                f"{err}); pass a plan directory written by `fxapprox compress --out`, or write it "
-                                "again") from None
 
 
 def check_out_dir(path: str | Path, overwrite: bool) -> Path:

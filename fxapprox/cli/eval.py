@@ -21,7 +21,6 @@ from fxapprox.cli.common import (
     load_model_and_calibration,
     nonnegative_int,
     positive_int,
-    read_plan,
     spans_arg,
     write_json,
 )
@@ -67,10 +66,11 @@ def run(args: argparse.Namespace) -> int:
     """Load, compress, extract features, probe, print a table."""
     import fxapprox
     from fxapprox.compression import apply_plan
+    from fxapprox.plan import Plan
     from fxapprox.study import data, evaluate
 
     start = time.perf_counter()
-    plan = read_plan(args.plan) if args.plan is not None else None  # answered before the model and data load
+    plan = Plan.read(args.plan) if args.plan is not None else None  # answered before the model and data load
     model, dataset, calib = load_model_and_calibration(args)
     check_split(dataset, args.test_split, "--test-split")
     models = {"original": model}

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from fxapprox.cli.common import output_parent, positive_int, read_plan, stage, write_json
+from fxapprox.cli.common import output_parent, positive_int, stage, write_json
 from fxapprox.errors import AssetError, ExportError
 from fxapprox.inputs import ModelInputs
+from fxapprox.plan import Plan
 
 __all__ = ["add_parser", "run", "load_source", "config_inputs"]
 
@@ -112,7 +113,7 @@ def load_source(source: str, args: argparse.Namespace) -> tuple[Any, ModelInputs
     if _is_plan_dir(source):
         import fxapprox
 
-        model_name = args.model or read_plan(source).source
+        model_name = args.model or Plan.read(source).source
         if not model_name:
             raise ExportError(f"{source} is a plan directory that does not name its model: pass --model with "
                               "the model it was computed on")
