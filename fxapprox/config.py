@@ -248,10 +248,13 @@ class CompressConfig:
         return out
 
     def changes(self) -> dict[str, Any]:
-        """The options that differ from the defaults, JSON-ready (as `to_dict`; `compress` takes them as
-        keyword arguments too)."""
+        """The options that differ from the defaults, as `compress` keyword arguments (`refine_options`
+        as a dict of its fields, so the result is JSON-ready for a report)."""
         default = {f.name: f.default for f in fields(self)}
-        return {k: v for k, v in self.to_dict().items() if getattr(self, k) != default[k]}
+        out = {k: v for k, v in self.kwargs().items() if v != default[k]}
+        if "refine_options" in out:
+            out["refine_options"] = self.refine_options.to_dict()
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every option (spans as lists, block latencies as a dict)."""
