@@ -327,8 +327,8 @@ def _training_cost(res: Any, seconds: float) -> dict[str, float]:
     if not ref:
         return {}
     trained = ref.get("seconds", 0.0) + sum(f["seconds"] for f in ref.get("mlp", []))
-    return {"compress_s": round(seconds, 1), "train_s": round(trained, 1),
-            "train_x_compress": round(trained / max(seconds - trained, 1e-9), 2)}
+    return {"compress_s": round(seconds, 1), "train_s": round(trained, 3),
+            "train_x_compress": round(trained / max(seconds - trained, 1e-9), 3)}
 
 
 # --- report ------------------------------------------------------------------------------------
