@@ -25,6 +25,8 @@ from fxapprox.spans import parse_spans
 VARIANTS = {
     "closed-form": {},
     "refine maps+norms": {"refine": "output", "refine_options": RefineOptions(params="maps+norms")},
+    "refine maps+norms x10": {"refine": "output", "refine_options": RefineOptions(params="maps+norms", epochs=10)},
+    "refine maps+norms x30": {"refine": "output", "refine_options": RefineOptions(params="maps+norms", epochs=30)},
     "refine maps": {"refine": "output", "refine_options": RefineOptions(params="maps")},
     "mlp + refine maps+norms": {"transform": "mlp", "refine": "output",
                                 "refine_options": RefineOptions(params="maps+norms")},
