@@ -83,6 +83,8 @@ FRACTION = (st.floats(0, 10, allow_nan=False).map(repr),
 POSITIVE_LIST = (st.lists(st.integers(1, 512), min_size=1, max_size=4).map(lambda v: ",".join(map(str, v))),
                  st.one_of(st.lists(st.integers(-5, 0), min_size=1, max_size=3).map(lambda v: ",".join(map(str, v))),
                            st.sampled_from(["1,x", "a,b", "8,", "1.5", ",", "1,,2"])))
+BUDGET = (st.floats(0.01, 0.99).map(repr), st.sampled_from(["0", "1", "1.5", "-0.1", "x", "nan"]))
+POSITIVE_FLOAT = (st.floats(1e-3, 1e3).map(repr), st.sampled_from(["0", "-1", "x", "nan", "inf"]))
 OPTIONAL_POSITIVE_LIST = (st.one_of(st.just(""), POSITIVE_LIST[0]), POSITIVE_LIST[1])
 SEEDS = (st.lists(st.integers(-9, 99), min_size=1, max_size=3).map(lambda v: ",".join(map(str, v))),
          st.sampled_from(["a,b", "1,x", "0.5", ",", "1,,2"]))
@@ -115,10 +117,17 @@ OPTIONS: dict[str, list[st.SearchStrategy[Arg]]] = {
                 _choice("--output-target", ["auto", "logits", "features"]), UNITS, _option("--top", *POSITIVE),
                 _option("--span-len", *POSITIVE), _option("--json", *OUT_FILE), _option("--heatmap", *OUT_FILE),
                 _choice("--heatmap-metric", METRIC_INFO), _option("--markdown", *OUT_FILE)],
-    "compress": [*_model_data(), _choice("--transform", ["linear", "identity", "auto"]),
-                 _option("--auto-tolerance", *FRACTION), UNITS, _choice("--metric", METRIC_INFO),
-                 _choice("--selection", ["dp", "iterative"]), _choice("--prior", ["zero", "identity"]),
-                 _choice("--refit", ["independent", "sequential"]), _flag("--fold"), _option("--json", *OUT_FILE)],
+    "compress": [*_model_data(), _choice("--transform", ["linear", "identity", "auto", "mlp"]),
+                 _option("--auto-tolerance", *FRACTION), _option("--ridge", *FRACTION), UNITS,
+                 _choice("--metric", METRIC_INFO), _choice("--selection", ["dp", "iterative", "topk", "lowest"]),
+                 _choice("--prior", ["zero", "identity"]), _choice("--refit", ["independent", "sequential"]),
+                 _flag("--fold"), _option("--json", *OUT_FILE), _option("--budget", *BUDGET),
+                 _option("--param-budget", *BUDGET),
+                 st.builds(lambda p: Arg(("--config", p), True), st.sampled_from(["afile", "nosuch.json", "adir",
+                                                                                   "badplan"])),
+                 _choice("--refine", ["output"]), _choice("--refine-params", ["maps", "maps+norms"]),
+                 _option("--refine-steps", *POSITIVE), _option("--refine-time", *POSITIVE_FLOAT),
+                 _option("--mlp-fraction", *POSITIVE_FLOAT)],
     "eval": [*_model_data(), _choice("--transform", ["linear", "identity"]), _option("--metric", TEXT),
              _option("--train-samples", *NONNEGATIVE), _option("--test-samples", *NONNEGATIVE),
              _option("--test-split", TEXT), _option("--probe-seeds", *SEEDS), _option("--epochs", *POSITIVE),
@@ -132,7 +141,10 @@ OPTIONS: dict[str, list[st.SearchStrategy[Arg]]] = {
                                                                 st.sampled_from(["tpu", "", ",", "cuda,tpu"])),
               _option("--threads", *POSITIVE), _option("--warmup", *NONNEGATIVE), _option("--iters", *POSITIVE),
               _choice("--baseline", ["as-given", "optimized"]), _choice("--precision", ["fp32", "fp16", "int8"]),
-              _option("--batch-size", *POSITIVE), _option("--seq-len", *POSITIVE), _option("--json", *OUT_FILE)],
+              _option("--batch-size", *POSITIVE), _option("--seq-len", *POSITIVE), _option("--json", *OUT_FILE),
+              _flag("--torch"), _flag("--compile"),
+              _option("--torch-precisions", st.sampled_from(["fp32", "fp32,bf16-autocast", "bf16,fp16"]),
+                      st.sampled_from(["fp8", "", ",", "fp32,x"]))],
     "demo": [_option("--model", st.sampled_from(["dinov2-small", "owner/model"])),
              _option("--data", st.sampled_from(["mnist-5k", "fashion-mnist"])), _option("--size", *POSITIVE),
              _option("--samples", *POSITIVE), _option("--num-blocks", *POSITIVE),
@@ -181,7 +193,7 @@ def _required(command: str) -> st.SearchStrategy[list[Arg]]:
         models = st.builds(lambda n: Arg((n,), False), NAME)
         return st.one_of(st.lists(models, min_size=1, max_size=2), st.lists(onnx, min_size=1, max_size=2),
                          st.tuples(models, onnx).map(list),
-                         st.lists(models, min_size=3, max_size=3).map(lambda t: [*t[:2], Arg(t[2].tokens, True)]))
+                         st.lists(models, min_size=3, max_size=3))  # three targets: refused (see `cases`)
     if command == "demo":
         return st.one_of(out_dir, st.just(Arg((), False))).map(lambda a: [Arg(a.tokens, a.bad)])
     if command == "select-eval":  # rewrites its report in place: a non-empty --out is taken
@@ -206,6 +218,8 @@ def cases(draw) -> tuple[list[str], bool]:
     if "--overwrite" in argv:  # a non-empty --out is then taken
         args = [Arg(a.tokens, False) if a.tokens == ("--out", "adir") else a for a in args]
     bad = any(a.bad for a in args + options)
+    if command == "bench" and sum(1 for a in args if a.tokens and not a.tokens[0].startswith("-")) > 2:
+        bad = True  # bench takes one target or two
     return argv, bad
 
 

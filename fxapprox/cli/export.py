@@ -111,14 +111,15 @@ def load_source(source: str, args: argparse.Namespace) -> tuple[Any, ModelInputs
     _check_source(source)
     stage(getattr(args, "command", "export"), f"loading {source}")
     if _is_plan_dir(source):
-        import fxapprox
+        from fxapprox.compression import apply_plan
 
-        model_name = args.model or Plan.read(source).source
+        plan = Plan.read(source)  # checked before the model loads, and read once
+        model_name = args.model or plan.source
         if not model_name:
             raise ExportError(f"{source} is a plan directory that does not name its model: pass --model with "
                               "the model it was computed on")
         original = load_model(model_name)
-        target = fxapprox.load(original, source)
+        target = apply_plan(original, plan, source=f"the plan in {source}")
         example = target.plan.example
     else:
         try:
