@@ -10,7 +10,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,9 @@ from typing import Any
 from fxapprox.errors import AssetError, OutputExistsError, SpanError
 
 __all__ = ["add_model_data_args", "add_units_arg", "load_model_and_calibration", "write_json", "positive_int",
-           "nonnegative_int", "nonnegative_float", "positive_float", "positive_ints", "optional_positive_ints", "ints",
-           "spans_arg", "SPANS_HELP", "check_split", "check_out_dir", "check_out_file", "check_output_files",
-           "OUTPUT_FILE_OPTIONS",
-           "output_parent", "quiet_progress", "stage"]
+           "nonnegative_int", "nonnegative_float", "positive_float", "fraction", "positive_ints",
+           "optional_positive_ints", "ints", "spans_arg", "SPANS_HELP", "check_split", "check_out_dir",
+           "check_out_file", "check_output_files", "OUTPUT_FILE_OPTIONS", "output_parent", "quiet_progress", "stage"]
 
 # options that name a file a subcommand writes: checked before the subcommand runs (`check_output_files`)
 OUTPUT_FILE_OPTIONS = ("json", "heatmap", "markdown", "onnx")
@@ -50,25 +49,30 @@ def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
-def _float_above(text: str, minimum: float, strict: bool) -> float:
-    bound = f"{'>' if strict else '>='} {minimum:g}"
+def _number(text: str, within: Callable[[float], bool], expected: str, example: str) -> float:
+    """argparse type core: a finite float for which `within` holds, else a message naming `expected`."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number: give a number {bound}, e.g. 0.01") from None
-    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-        raise argparse.ArgumentTypeError(f"{text} is out of range: give a finite number {bound}, e.g. 0.01")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number: give {expected}, e.g. {example}") from None
+    if not math.isfinite(value) or not within(value):
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give {expected}, e.g. {example}")
     return value
 
 
 def nonnegative_float(text: str) -> float:
     """argparse type: a finite number >= 0."""
-    return _float_above(text, 0.0, strict=False)
+    return _number(text, lambda v: v >= 0, "a finite number >= 0", "0.01")
 
 
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
-    return _float_above(text, 0.0, strict=True)
+    return _number(text, lambda v: v > 0, "a finite number > 0", "0.01")
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in (0, 1), e.g. a budget."""
+    return _number(text, lambda v: 0 < v < 1, "a fraction in (0, 1)", "0.25 (a quarter)")
 
 
 def _int_list(text: str, minimum: int | None, *, empty: bool) -> tuple[int, ...]:

@@ -17,13 +17,21 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from fxapprox.cli.common import SPANS_HELP, add_units_arg, nonnegative_float, positive_float, positive_int, spans_arg
+from fxapprox.cli.common import (
+    SPANS_HELP,
+    add_units_arg,
+    fraction,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    spans_arg,
+)
 from fxapprox.config import REFINE_PARAMS, REFINES, SELECTIONS, TARGETS, TRANSFORMS, CompressConfig
 from fxapprox.errors import ConfigError
 from fxapprox.metrics import METRIC_INFO
 from fxapprox.output_score import OUTPUT_TARGETS
 
-__all__ = ["add_config_args", "config_from_args", "read_recipe", "fraction_arg"]
+__all__ = ["add_config_args", "config_from_args", "read_recipe"]
 
 _S = argparse.SUPPRESS
 # argparse dest → CompressConfig field, where they differ
@@ -31,17 +39,6 @@ _FIELDS = {"samples": "num_samples"}
 # argparse dest → field of `RefineOptions` (the config's `refine_options`)
 _REFINE_OPTIONS = {"refine_params": "params", "refine_steps": "steps", "refine_time": "time_budget_s",
                    "mlp_fraction": "mlp_fraction"}
-
-
-def fraction_arg(text: str) -> float:
-    """argparse type: a number in (0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number: give a fraction in (0, 1), e.g. 0.25") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{value:g} is not a fraction in (0, 1): e.g. 0.25 removes a quarter")
-    return value
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -56,12 +53,12 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     what.add_argument("--spans", type=spans_arg, default=_S, help=SPANS_HELP)
     what.add_argument("--num-blocks", type=positive_int, default=_S,
                       help="remove this many blocks (units with --units half), spans chosen by --selection/--metric")
-    what.add_argument("--budget", type=fraction_arg, default=_S, metavar="FRACTION",
+    what.add_argument("--budget", type=fraction, default=_S, metavar="FRACTION",
                       help="remove at least this fraction of the model's FLOPs (counted on the graph, net of the "
                       "added maps) at the least damage by --metric, e.g. 0.25")
-    what.add_argument("--param-budget", type=fraction_arg, default=_S, metavar="FRACTION",
+    what.add_argument("--param-budget", type=fraction, default=_S, metavar="FRACTION",
                       help="remove at least this fraction of the model's parameters (net of the added maps)")
-    what.add_argument("--latency-budget", type=fraction_arg, default=_S, metavar="FRACTION",
+    what.add_argument("--latency-budget", type=fraction, default=_S, metavar="FRACTION",
                       help="remove at least this fraction of the onnxruntime CPU latency, from per-block "
                       "latencies measured first (one ONNX export and timing per block)")
     capture = p.add_argument_group("capture")
