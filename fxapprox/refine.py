@@ -153,6 +153,14 @@ def _relative(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float(((module(x) - y).double().square().sum() / y.double().square().sum()).sqrt())
 
 
+def _keep_best(params: Sequence[torch.Tensor], best: Sequence[torch.Tensor]) -> None:
+    """Write the best values seen back into the trained tensors and freeze them."""
+    with torch.no_grad():
+        for p, v in zip(params, best):
+            p.copy_(v)
+            p.requires_grad_(False)
+
+
 def _fit_local(mlp: ResidualMLP, train: tuple[torch.Tensor, torch.Tensor], held: tuple[torch.Tensor, torch.Tensor],
                opts: RefineOptions, generator: torch.Generator, progress: bool, desc: str) -> tuple[float, float]:
     """Adam on the MLP's parameters (the affine map fixed) → held-out relative error before, after (best kept)."""
@@ -174,10 +182,7 @@ def _fit_local(mlp: ResidualMLP, train: tuple[torch.Tensor, torch.Tensor], held:
         current = _relative(mlp, *held)
         if current < best:
             best, best_state = current, [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p, v in zip(params, best_state):
-            p.copy_(v)
-            p.requires_grad_(False)
+    _keep_best(params, best_state)
     return before, best
 
 
@@ -403,10 +408,7 @@ def refine_output(result: CompressionResult, model: nn.Module, batches: Sequence
             if worse >= opts.patience and stopped == "steps":
                 stopped = "patience"
     bar.close()
-    with torch.no_grad():
-        for t, v in zip(tensors, best_state):
-            t.copy_(v)
-            t.requires_grad_(False)
+    _keep_best(tensors, best_state)
     trained = {path: t for j, (path, t) in enumerate(trainable.items()) if j in used}
     _store(plan, gm, trained)
     report = RefineReport(target, opts.params, sorted(trained), sum(t.numel() for t in trained.values()), step,
