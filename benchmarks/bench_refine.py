@@ -28,8 +28,17 @@ VARIANTS = {
     "refine maps+norms x10": {"refine": "output", "refine_options": RefineOptions(params="maps+norms", epochs=10)},
     "refine maps+norms x30": {"refine": "output", "refine_options": RefineOptions(params="maps+norms", epochs=30)},
     "refine maps": {"refine": "output", "refine_options": RefineOptions(params="maps")},
+    "refine maps+norms pooled": {"refine": "output", "refine_options": RefineOptions(params="maps+norms",
+                                                                                     rows="pooled")},
+    "refine maps+norms tokens+pooled": {"refine": "output",
+                                        "refine_options": RefineOptions(params="maps+norms", rows="tokens+pooled")},
+    "refine all": {"refine": "output", "refine_options": RefineOptions(params="all")},
+    "refine all tokens+pooled": {"refine": "output", "refine_options": RefineOptions(params="all",
+                                                                                     rows="tokens+pooled")},
     "mlp + refine maps+norms": {"transform": "mlp", "refine": "output",
                                 "refine_options": RefineOptions(params="maps+norms")},
+    "mlp 0.3 + refine maps+norms": {"transform": "mlp", "refine": "output",
+                                    "refine_options": RefineOptions(params="maps+norms", mlp_fraction=0.3)},
 }
 
 
@@ -44,7 +53,8 @@ def main() -> None:
     p.add_argument("--test", type=int, default=500, help="test images")
     p.add_argument("--data", default="mnist-5k")
     p.add_argument("--image-size", type=int, default=56)
-    p.add_argument("--plans", default="0-3;0-5", help="';'-separated span lists (s-e replaces blocks s+1..e)")
+    p.add_argument("--plans", default="0-3;0-5", help="';'-separated span lists (s-e replaces units s+1..e)")
+    p.add_argument("--units", choices=("block", "half"), default="block", help="what the plans' spans count")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args()
@@ -69,14 +79,14 @@ def main() -> None:
         spans = parse_spans(text)
         for name in args.variants.split(","):
             t0 = time.perf_counter()
-            res = fxapprox.compress(model, calib, spans=spans, num_samples=args.samples, progress=False,
-                                    **VARIANTS[name])
+            res = fxapprox.compress(model, calib, spans=spans, units=args.units, num_samples=args.samples,
+                                    progress=False, **VARIANTS[name])
             seconds = time.perf_counter() - t0
             x, _ = extract_features(res.module, test, progress=False)
             with torch.no_grad():
                 pred = probe(x).argmax(1)
             ref = res.plan.refinement or {}
-            rows.append({"plan": text, "variant": name, "compress_s": round(seconds, 1),
+            rows.append({"plan": text, "units": args.units, "variant": name, "compress_s": round(seconds, 1),
                          "refine_s": ref.get("seconds"), "agreement": float((pred == original).float().mean()),
                          "accuracy": float((pred == test_y).float().mean()),
                          "heldout_before": ref.get("heldout_before"), "heldout_after": ref.get("heldout_after"),

@@ -31,7 +31,7 @@ from fxapprox.atomic import atomic_write_text, save_figure
 from fxapprox.blocks import BlockStack, find_block_stack
 from fxapprox.boundaries import UNITS
 from fxapprox.calibrate import Tokens, calibrate, calibrate_eager, iter_batches, split_samples
-from fxapprox.costs import replacement_flops, replacement_params, tokens_of, unit_costs
+from fxapprox.costs import MlpSize, replacement_flops, replacement_params, tokens_of, unit_costs
 from fxapprox.errors import MissingScoreError, SpanError
 from fxapprox.fit import DEFAULT_RIDGE
 from fxapprox.inputs import ModelInputs
@@ -134,26 +134,28 @@ class Analysis:
 
     # --- budgeted selection ---------------------------------------------------------------
 
-    def _replacement_params(self, transform: str):
-        return replacement_params(self.widths, transform)
+    def _replacement_params(self, transform: str, mlp: MlpSize | None = None):
+        return replacement_params(self.widths, transform, self.block_flops or (), self.tokens_per_sample or (), mlp)
 
-    def _replacement_flops(self, transform: str):
-        return replacement_flops(self.widths, self.tokens_per_sample, transform)
+    def _replacement_flops(self, transform: str, mlp: MlpSize | None = None):
+        return replacement_flops(self.widths, self.tokens_per_sample, transform, self.block_flops or (), mlp)
 
-    def savings(self, s: int, e: int, transform: str = "linear") -> tuple[float, float | None]:
+    def savings(self, s: int, e: int, transform: str = "linear", mlp: MlpSize | None = None
+                ) -> tuple[float, float | None]:
         """Parameters and FLOPs per sample (None without FLOP counts) that replacing span `(s, e)`
-        by `transform` removes, net of the replacing Linear."""
-        params = span_savings(self.block_params, self._replacement_params(transform), [(s, e)])[(s, e)]
+        by `transform` removes, net of the replacement (`"mlp"`: the Linear and its MLP, sized by `mlp`)."""
+        params = span_savings(self.block_params, self._replacement_params(transform, mlp), [(s, e)])[(s, e)]
         if self.block_flops is None or self.tokens_per_sample is None:
             return params, None
-        return params, span_savings(self.block_flops, self._replacement_flops(transform), [(s, e)])[(s, e)]
+        return params, span_savings(self.block_flops, self._replacement_flops(transform, mlp), [(s, e)])[(s, e)]
 
     def select(self, num_blocks: int | None = None, *, param_budget: float | None = None,
                flops_budget: float | None = None, metric: str | None = None, transform: str = "linear",
-               max_span_len: int | None = None) -> list[Span]:
+               max_span_len: int | None = None, mlp: MlpSize | None = None) -> list[Span]:
         """Non-overlapping spans at least total `metric` cost (dynamic programming) that remove
         exactly `num_blocks` blocks, or save at least the fraction `param_budget` of the model's
-        parameters / `flops_budget` of its FLOPs (net of the replacing Linear layers).
+        parameters / `flops_budget` of its FLOPs (net of the replacements: Linear layers, or with
+        `transform="mlp"` Linear layers and MLPs sized by `mlp`).
 
         `metric=None` (the default) is `"output"`, the score that best predicts which spans keep the
         model's predictions; an analysis without it (made without `output_samples=`) raises
@@ -170,18 +172,19 @@ class Analysis:
         if sum(x is not None for x in (num_blocks, param_budget, flops_budget)) != 1:
             raise SpanError("pass exactly one of num_blocks=, param_budget= or flops_budget=")
         scores = self._check(metric)
-        costs = candidate_costs(lambda s, e: float(scores[s + 1, e + 1]), self.num_blocks,
-                                metric=metric, transform=transform, widths=self.widths, max_span_len=max_span_len)
+        costs = candidate_costs(lambda s, e: float(scores[s + 1, e + 1]), self.num_blocks, metric=metric,
+                                transform="linear" if transform == "mlp" else transform, widths=self.widths,
+                                max_span_len=max_span_len)
         if num_blocks is not None:
             return best_spans(costs, self.num_blocks, num_blocks)
         if param_budget is not None:
             values, total, budget = self.block_params, self.total_params, param_budget
-            repl = self._replacement_params(transform)
+            repl = self._replacement_params(transform, mlp)
         else:
             if self.block_flops is None or self.total_flops is None or self.tokens_per_sample is None:
                 raise SpanError("this analysis has no FLOP counts (analyze(..., flops=True) records them)")
             values, total, budget = self.block_flops, self.total_flops, flops_budget
-            repl = self._replacement_flops(transform)
+            repl = self._replacement_flops(transform, mlp)
         if not 0 < budget <= 1:
             raise SpanError(f"budget {budget} must be a fraction in (0, 1]")
         savings = span_savings(values, repl, list(costs))

@@ -74,7 +74,7 @@ def compress(model: nn.Module, calib_loader: Iterable[Any], config: CompressConf
     plan = fit.run(calibration, selection, config)
     result = rewrite.run(captured, plan)
     result.selection_steps = selection.steps
-    return refine.run(model, captured, result, config)
+    return refine.run(model, captured, result, config, selection.unit_costs)
 
 
 def load(model: nn.Module, path: str | Path, *, example_inputs: Any = None) -> CompressionResult:

@@ -20,14 +20,14 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from fxapprox.boundaries import UNITS
-from fxapprox.costs import BlockLatency
+from fxapprox.costs import BlockLatency, MlpSize
 from fxapprox.errors import ConfigError, MetricConfigError, RefineError, SpanConfigError
 from fxapprox.fit import DEFAULT_RIDGE, PRIORS
 from fxapprox.metrics import METRIC_INFO
 from fxapprox.output_score import OUTPUT_TARGETS
 
 __all__ = ["CompressConfig", "RefineOptions", "TRANSFORMS", "REFITS", "SELECTIONS", "TARGETS", "REFINES",
-           "REFINE_PARAMS", "DEFAULT_AUTO_TOLERANCE", "OUTPUT_METRIC"]
+           "REFINE_PARAMS", "REFINE_ROWS", "DEFAULT_AUTO_TOLERANCE", "OUTPUT_METRIC"]
 
 TRANSFORMS = ("linear", "identity", "auto", "mlp")
 REFITS = ("independent", "sequential")
@@ -42,14 +42,16 @@ TARGETS = ("spans", "num_blocks", "budget", "param_budget", "latency_budget")
 Span = tuple[int, int]
 
 REFINES = ("output",)
-REFINE_PARAMS = ("maps", "maps+norms")
+REFINE_PARAMS = ("maps", "maps+norms", "all")
+REFINE_ROWS = ("tokens", "pooled", "tokens+pooled")
 
 
 @dataclass(frozen=True)
 class RefineOptions:
     """Settings of the refinement and of the `mlp` transform's local fit."""
 
-    params: str = "maps"  # "maps", or "maps+norms": also every 1-D parameter after the first span
+    params: str = "maps"  # "maps+norms": also every 1-D parameter after the first span; "all": every parameter after it
+    rows: str = "tokens"  # a backbone's loss: every unpadded token, the "pooled" features, or "tokens+pooled"
     steps: int | None = None  # optimiser steps (one per `batch_size` samples); None: `epochs` passes
     epochs: int = 3
     time_budget_s: float | None = None  # stop after this many seconds (then not deterministic)
@@ -66,6 +68,8 @@ class RefineOptions:
     def __post_init__(self) -> None:
         if self.params not in REFINE_PARAMS:
             raise RefineError(f"params={self.params!r} is not one of {REFINE_PARAMS}")
+        if self.rows not in REFINE_ROWS:
+            raise RefineError(f"rows={self.rows!r} is not one of {REFINE_ROWS}")
         for name in ("epochs", "batch_size", "patience", "mlp_epochs"):
             if getattr(self, name) < 1:
                 raise RefineError(f"{name}={getattr(self, name)} must be at least 1")
@@ -79,6 +83,11 @@ class RefineOptions:
             raise RefineError(f"time_budget_s={self.time_budget_s} must be positive (or None)")
         if not 0 < self.holdout < 1:
             raise RefineError(f"holdout={self.holdout} must be a fraction in (0, 1)")
+
+    @property
+    def mlp_size(self) -> MlpSize:
+        """How `transform="mlp"` sizes each span's bottleneck (what selection and budgets price)."""
+        return MlpSize(self.mlp_fraction, self.mlp_hidden)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,12 +225,13 @@ class CompressConfig:
         if self.transform == "mlp" and self.fold:
             raise ConfigError("fold", "transform='mlp' inserts a module per span; fold=True adds none: use one or "
                               "the other")
-        if self.transform == "mlp" and self.spans is None and self.num_blocks is None:
-            raise ConfigError("transform", "transform='mlp' sizes each MLP after the spans are chosen, so a budget "
-                              "cannot pay for it yet: give spans= or num_blocks=, or reach the budget with "
-                              "transform='linear' and refine='output'")
+        if self.transform == "mlp" and self.latency_budget is not None:
+            raise ConfigError("latency_budget", "a latency budget prices each span's replacement by a linear map's "
+                              "measured time, and an MLP's is not measured: use budget= (FLOPs) or "
+                              "param_budget= with transform='mlp'")
         if self.transform == "mlp" and self.units != "block":
-            raise ConfigError("units", "transform='mlp' sizes its MLP by the FLOPs of whole blocks: use units='block'")
+            raise ConfigError("units", "transform='mlp' fits each MLP on its span's boundaries as block outputs, which "
+                              "a half unit's middle is not: use units='block'")
         if self.fold and self.transform != "linear":
             raise ConfigError("fold", f"fold=True folds a fitted map; transform={self.transform!r} has none (an "
                               "identity span adds no module anyway): use transform='linear'")

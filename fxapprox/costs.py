@@ -4,8 +4,10 @@ Budgets are counted here, on the graph: `unit_costs` charges every node's FLOPs 
 batch, under `FlopCounterMode`) and every parameter to the unit (block or half block) it belongs
 to; a span's saving is the sum over its units minus the map that replaces it (`replacement_flops`,
 `replacement_params`: nothing for the identity or a folded map, `d_s × d_e` weights + bias and
-`2 · tokens · d_s · d_e` FLOPs per sample for a Linear). `BlockLatency` holds measured per-block
-latencies (measured by `fxapprox.study.latency.block_latencies`) for latency budgets.
+`2 · tokens · d_s · d_e` FLOPs per sample for a Linear, and for `transform="mlp"` the Linear plus its
+bottleneck MLP of `MlpSize.width` units: `2 · tokens · h · (d_s + d_e)` FLOPs, matmuls counted as
+the graph's are). `BlockLatency` holds measured per-block latencies (measured by
+`fxapprox.study.latency.block_latencies`) for latency budgets.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from fxapprox.capture import flat_graph_inputs
 from fxapprox.prepare import Traced
 from fxapprox.select import span_savings
 
-__all__ = ["UnitCosts", "BlockLatency", "unit_costs", "replacement_params", "replacement_flops", "tokens_of"]
+__all__ = ["UnitCosts", "BlockLatency", "MlpSize", "unit_costs", "replacement_params", "replacement_flops", "tokens_of"]
 
 Span = tuple[int, int]
 
@@ -33,18 +35,60 @@ def tokens_of(t: torch.Tensor) -> int:
     return int(math.prod(t.shape[1:-1])) if t.ndim > 2 else 1
 
 
-def replacement_params(widths: Sequence[int], transform: str) -> Callable[[int, int], float]:
-    """Parameters of the map replacing span `(s, e)`: 0 for the identity, else `d_s · d_e + d_e`."""
+@dataclass(frozen=True)
+class MlpSize:
+    """How `transform="mlp"` sizes a span's bottleneck: `hidden` units, or (when None) the width whose
+    matmuls (`2 h (d_in + d_out)` FLOPs per token) are `fraction` of the span's FLOPs per token."""
+
+    fraction: float = 0.1
+    hidden: int | None = None
+
+    def width(self, span_flops_per_token: float, in_features: int, out_features: int) -> int:
+        """The bottleneck width for a span of these FLOPs per token and boundary widths."""
+        if self.hidden is not None:
+            return self.hidden
+        return max(1, int(self.fraction * span_flops_per_token / (2 * (in_features + out_features))))
+
+
+def _linear_params(d_in: int, d_out: int) -> int:
+    return d_in * d_out + d_out
+
+
+def replacement_params(widths: Sequence[int], transform: str, unit_flops: Sequence[float] = (),
+                       tokens: Sequence[int] = (), mlp: MlpSize | None = None) -> Callable[[int, int], float]:
+    """Parameters of the map replacing span `(s, e)`: 0 for the identity, `d_s · d_e + d_e` for a Linear,
+    and for `"mlp"` also its MLP's (LayerNorm `2 d_s`, down `d_s h + h`, up `h d_e + d_e`; `unit_flops`,
+    `tokens` and `mlp` size it)."""
     def params(s: int, e: int) -> float:
-        return 0.0 if transform == "identity" else widths[s + 1] * widths[e + 1] + widths[e + 1]
+        d_in, d_out = widths[s + 1], widths[e + 1]
+        if transform == "identity":
+            return 0.0
+        if transform != "mlp":
+            return float(_linear_params(d_in, d_out))
+        h = _mlp_width(unit_flops, tokens, widths, mlp, s, e)
+        return float(_linear_params(d_in, d_out) + 2 * d_in + _linear_params(d_in, h) + _linear_params(h, d_out))
     return params
 
 
-def replacement_flops(widths: Sequence[int], tokens: Sequence[int], transform: str) -> Callable[[int, int], float]:
-    """FLOPs per sample of the map replacing span `(s, e)`: 0 for the identity, else `2 · tokens · d_s · d_e`."""
+def replacement_flops(widths: Sequence[int], tokens: Sequence[int], transform: str, unit_flops: Sequence[float] = (),
+                      mlp: MlpSize | None = None) -> Callable[[int, int], float]:
+    """FLOPs per sample of the map replacing span `(s, e)`: 0 for the identity, `2 · tokens · d_s · d_e` for a
+    Linear, and for `"mlp"` also `2 · tokens · h · (d_s + d_e)` (`unit_flops` and `mlp` size `h`)."""
     def flops(s: int, e: int) -> float:
-        return 0.0 if transform == "identity" else 2.0 * tokens[s + 1] * widths[s + 1] * widths[e + 1]
+        d_in, d_out = widths[s + 1], widths[e + 1]
+        if transform == "identity":
+            return 0.0
+        extra = 0 if transform != "mlp" else _mlp_width(unit_flops, tokens, widths, mlp, s, e) * (d_in + d_out)
+        return 2.0 * tokens[s + 1] * (d_in * d_out + extra)
     return flops
+
+
+def _mlp_width(unit_flops: Sequence[float], tokens: Sequence[int], widths: Sequence[int], mlp: MlpSize | None,
+               s: int, e: int) -> int:
+    if not unit_flops or not tokens:
+        raise ValueError("pricing transform='mlp' needs the units' FLOPs and the tokens per boundary")
+    span_per_token = sum(unit_flops[s + 1:e + 1]) / tokens[s + 1]
+    return (mlp or MlpSize()).width(span_per_token, widths[s + 1], widths[e + 1])
 
 
 @dataclass
@@ -59,17 +103,20 @@ class UnitCosts:
     tokens: list[int]
     widths: list[int]
 
-    def saving(self, s: int, e: int, transform: str, kind: str = "flops") -> float:
-        """What replacing span `(s, e)` by `transform` (`"identity"`: no map) saves, net of the map:
-        FLOPs per sample (`kind="flops"`) or parameters (`"params"`)."""
+    def saving(self, s: int, e: int, transform: str, kind: str = "flops", mlp: MlpSize | None = None) -> float:
+        """What replacing span `(s, e)` by `transform` (`"identity"`: no map; `"mlp"`: sized by `mlp`)
+        saves, net of the replacement: FLOPs per sample (`kind="flops"`) or parameters (`"params"`)."""
         if kind == "flops":
-            return span_savings(self.flops, replacement_flops(self.widths, self.tokens, transform), [(s, e)])[(s, e)]
-        return span_savings(self.params, replacement_params(self.widths, transform), [(s, e)])[(s, e)]
+            cost = replacement_flops(self.widths, self.tokens, transform, self.flops, mlp)
+            return span_savings(self.flops, cost, [(s, e)])[(s, e)]
+        cost = replacement_params(self.widths, transform, self.flops, self.tokens, mlp)
+        return span_savings(self.params, cost, [(s, e)])[(s, e)]
 
-    def fraction(self, spans: Sequence[Span], transforms: Sequence[str], kind: str = "flops") -> float:
+    def fraction(self, spans: Sequence[Span], transforms: Sequence[str], kind: str = "flops",
+                 mlp: MlpSize | None = None) -> float:
         """The fraction of the model's FLOPs (or parameters) that replacing `spans` saves."""
         total = self.total_flops if kind == "flops" else self.total_params
-        return sum(self.saving(s, e, t, kind) for (s, e), t in zip(spans, transforms)) / total
+        return sum(self.saving(s, e, t, kind, mlp) for (s, e), t in zip(spans, transforms)) / total
 
 
 @dataclass

@@ -28,7 +28,6 @@ The original model is never written to: every trained parameter is a copy.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -44,8 +43,9 @@ from fxapprox.boundaries import Boundaries
 from fxapprox.calibrate import EagerBlockHooks, token_rows
 from fxapprox.capture import flat_graph_inputs
 from fxapprox.config import REFINE_PARAMS, REFINES, RefineOptions
+from fxapprox.costs import UnitCosts, unit_costs
 from fxapprox.errors import RefineError
-from fxapprox.features import last_hidden_state
+from fxapprox.features import last_hidden_state, pool_features
 from fxapprox.inputs import ModelInputs, as_model_inputs, token_mask
 from fxapprox.output_score import final_logits, output_target
 from fxapprox.passes.fold_span import fold_param_name
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from fxapprox.compression import CompressionResult
 
 __all__ = ["RefineOptions", "RefineReport", "MlpFit", "REFINES", "REFINE_PARAMS", "refine_output", "add_mlps",
-           "refine_stage", "mlp_hidden_width", "split_batches"]
+           "refine_stage", "split_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +116,6 @@ def split_batches(batches: Sequence[ModelInputs], holdout: float, seed: int
 
 
 # --- the mlp transform ---------------------------------------------------------------------------
-
-def mlp_hidden_width(span_flops_per_token: float, in_features: int, out_features: int, fraction: float) -> int:
-    """Hidden width whose MLP matmuls (`2 h (in + out)` FLOPs per token) are `fraction` of the span's."""
-    return max(1, int(fraction * span_flops_per_token / (2 * (in_features + out_features))))
-
-
-def _tokens(h: torch.Tensor) -> int:
-    return int(math.prod(h.shape[1:-1])) if h.ndim > 2 else 1
-
 
 def _observed(model: nn.Module, stack, indices: list[int], inputs: ModelInputs) -> dict[int, torch.Tensor]:
     """The original model's boundary tensors `H_k` (k in `indices`) on one batch."""
@@ -187,28 +178,27 @@ def _fit_local(mlp: ResidualMLP, train: tuple[torch.Tensor, torch.Tensor], held:
 
 
 def add_mlps(result: CompressionResult, model: nn.Module, batches: Sequence[ModelInputs],
-             options: RefineOptions | None = None, *, progress: bool = True) -> list[MlpFit]:
-    """Every linear span of `result` → a `ResidualMLP` fitted locally (see the module docstring);
-    `result`'s module and plan are updated in place."""
+             options: RefineOptions | None = None, *, costs: UnitCosts | None = None,
+             progress: bool = True) -> list[MlpFit]:
+    """Every linear span of `result` → a `ResidualMLP` fitted locally (see the module docstring),
+    sized by `options.mlp_size` on `costs` (the original graph's unit costs, as budgets price the
+    MLPs; counted on a fresh capture of `model` when None); `result`'s module and plan are updated in place."""
     opts = options if options is not None else RefineOptions()
     plan, gm = result.plan, result.module
     device = model_device(model)
     batches = [as_model_inputs(b).to(device) for b in batches]
     train, held = split_batches(batches, opts.holdout, opts.seed)
     stack = find_block_stack(model, plan.blocks)
-    sample = batches[0].take(1)
-    from fxapprox.export.flops import count_flops
-
-    per_block = count_flops(model, sample, blocks=stack.path).per_block
+    if costs is None:
+        costs = unit_costs(trace(model, plan.example, stack, plan.units), device)
     generator = torch.Generator().manual_seed(opts.seed)
     fits = []
     for sp in plan.spans:
         if sp.transform != "linear" or sp.fold:
             continue
         name = span_module_name(sp.s, sp.e)
-        tokens = _tokens(_observed(model, stack, [sp.s], sample)[sp.s])
-        span_flops = sum(per_block.get(str(i), 0) for i in range(sp.s + 1, sp.e + 1)) / tokens
-        hidden = opts.mlp_hidden or mlp_hidden_width(span_flops, sp.in_features, sp.out_features, opts.mlp_fraction)
+        span_flops = sum(costs.flops[sp.s + 1:sp.e + 1]) / costs.tokens[sp.s + 1]
+        hidden = opts.mlp_size.width(span_flops, sp.in_features, sp.out_features)
         started = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(opts.seed)
@@ -233,7 +223,7 @@ def add_mlps(result: CompressionResult, model: nn.Module, batches: Sequence[Mode
 class _Batch:
     live: tuple[Any, ...]  # the head's values at the cut
     mask: torch.Tensor | None
-    reference: torch.Tensor  # the original model's output rows
+    reference: tuple[torch.Tensor, ...]  # the original model's output rows (one tensor per part of `rows`)
 
 
 def _pieces(inputs: ModelInputs, size: int) -> list[ModelInputs]:
@@ -242,10 +232,17 @@ def _pieces(inputs: ModelInputs, size: int) -> list[ModelInputs]:
     return [inputs.map_tensors(lambda t, i=i: t[i:i + size]) for i in range(0, n, size)]
 
 
-def _reader(target: str) -> Callable[[Any, torch.Tensor | None], torch.Tensor]:
+def _reader(target: str, rows: str) -> Callable[[Any, torch.Tensor | None], tuple[torch.Tensor, ...]]:
+    """Model output + token mask → the rows the loss compares: the logits' rows, or a backbone's final
+    hidden states as every unpadded token and/or the pooled features (`pool_features`, as probes read them)."""
     if target == "logits":
-        return lambda out, mask: token_rows(final_logits(out), mask)
-    return lambda out, mask: token_rows(last_hidden_state(out), mask)
+        return lambda out, mask: (token_rows(final_logits(out), mask),)
+    parts = rows.split("+")
+
+    def read(out: Any, mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        hidden = last_hidden_state(out)
+        return tuple(token_rows(hidden, mask) if part == "tokens" else pool_features(hidden, mask) for part in parts)
+    return read
 
 
 def _damage(pred: torch.Tensor, ref: torch.Tensor, target: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,24 +279,22 @@ def _map_parameters(gm: torch.fx.GraphModule, plan) -> dict[str, nn.Parameter]:
     return found
 
 
-def _tail_vectors(gm: torch.fx.GraphModule, cut: torch.fx.Node, exclude: set[str]) -> dict[str, nn.Parameter]:
-    """Every 1-D floating parameter read after `cut` (norm scales and shifts, biases, layer scales)."""
+def _tail_parameters(gm: torch.fx.GraphModule, cut: torch.fx.Node, exclude: set[str], vectors_only: bool
+                     ) -> dict[str, nn.Parameter]:
+    """Every floating parameter read only after `cut` (a `get_attr` whose users all come after it, as in
+    an exported graph where every `get_attr` sits at the top; a module called after it), or with
+    `vectors_only` the 1-D ones (norm scales and shifts, biases, layer scales)."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
     found: dict[str, nn.Parameter] = {}
-    after = False
     for node in gm.graph.nodes:
-        if node is cut:
-            after = True
-            continue
-        if not after:
-            continue
-        if node.op == "get_attr":
+        if node.op == "get_attr" and node.users and all(order[u] > order[cut] for u in node.users):
             candidates = {str(node.target): _attr_or_none(gm, str(node.target))}
-        elif node.op == "call_module":
+        elif node.op == "call_module" and order[node] > order[cut]:
             candidates = {f"{node.target}.{n}": p for n, p in gm.get_submodule(str(node.target)).named_parameters()}
         else:
             continue
         for path, p in candidates.items():
-            if (isinstance(p, nn.Parameter) and p.ndim == 1 and p.is_floating_point()
+            if (isinstance(p, nn.Parameter) and (p.ndim == 1 or not vectors_only) and p.is_floating_point()
                     and not any(path.startswith(x + ".") or path == x for x in exclude)):
                 found[path] = p
     return found
@@ -340,7 +335,8 @@ def refine_output(result: CompressionResult, model: nn.Module, batches: Sequence
         boundaries = trace(model, plan.example, find_block_stack(model, plan.blocks), plan.units).boundaries
     cut_node = _cut_node(gm, boundaries, plan)
     maps = _map_parameters(gm, plan)
-    vectors = _tail_vectors(gm, cut_node, set(maps) | _span_modules(plan)) if opts.params == "maps+norms" else {}
+    vectors = {} if opts.params == "maps" else _tail_parameters(gm, cut_node, set(maps) | _span_modules(plan),
+                                                                 vectors_only=opts.params == "maps+norms")
     trainable = {path: set_parameter(gm, path, p.detach().clone(), requires_grad=True)
                  for path, p in {**maps, **vectors}.items()}
     cut = GraphCut(gm, cut_node)
@@ -353,9 +349,12 @@ def refine_output(result: CompressionResult, model: nn.Module, batches: Sequence
             live = cut.head(*flat_graph_inputs(gm, inputs))
         if target is None:
             target = output_target(reference, "auto")
-            read = _reader(target)
+            if target == "logits" and opts.rows != "tokens":
+                raise RefineError(f"rows={opts.rows!r} chooses among a backbone's final features, but this model "
+                                  "has a head: its loss compares the predictions (use rows='tokens')")
+            read = _reader(target, opts.rows)
         mask = token_mask(inputs)
-        return _Batch(tuple(live), mask, read(reference, mask).detach())
+        return _Batch(tuple(live), mask, tuple(r.detach() for r in read(reference, mask)))
 
     pieces = [piece for b in train for piece in _pieces(b, opts.batch_size)]
     train_data = [cached(b) for b in tqdm(pieces, desc="refine: cache", unit="batch", leave=False,
@@ -363,16 +362,17 @@ def refine_output(result: CompressionResult, model: nn.Module, batches: Sequence
     held_data = [cached(b) for b in held]
     tensors = list(trainable.values())
 
-    def damage(batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        return _damage(read(cut.output(cut.tail(*batch.live)), batch.mask), batch.reference, target)
+    def damage(batch: _Batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        pred = read(cut.output(cut.tail(*batch.live)), batch.mask)
+        return [_damage(p, r, target) for p, r in zip(pred, batch.reference)]
 
     def heldout() -> float:
-        num = den = 0.0
+        sums = torch.zeros(len(held_data[0].reference), 2, dtype=torch.float64)
         with torch.no_grad():
             for batch in held_data:
-                n, d = damage(batch)
-                num, den = num + float(n), den + float(d)
-        return num / den if target == "logits" else math.sqrt(num / den)
+                sums += torch.tensor([[float(n), float(d)] for n, d in damage(batch)], dtype=torch.float64)
+        ratios = sums[:, 0] / sums[:, 1]
+        return float(ratios.mean() if target == "logits" else ratios.sqrt().mean())
 
     total = opts.steps or opts.epochs * len(train_data)
     generator = torch.Generator().manual_seed(opts.seed)
@@ -384,8 +384,8 @@ def refine_output(result: CompressionResult, model: nn.Module, batches: Sequence
                disable=not progress)
     while step < total and stopped == "steps":
         for i in torch.randperm(len(train_data), generator=generator).tolist():
-            n, d = damage(train_data[i])
-            loss = n / d
+            parts = damage(train_data[i])
+            loss = sum(n / d for n, d in parts) / len(parts)
             grads = torch.autograd.grad(loss, tensors, allow_unused=True)  # e.g. a parameter a branch skips
             for j, (t, g) in enumerate(zip(tensors, grads)):
                 t.grad = g
@@ -446,13 +446,13 @@ def _store(plan, gm: torch.fx.GraphModule, trained: dict[str, Any]) -> None:
 
 def refine_stage(result: CompressionResult, model: nn.Module, batches: Sequence[ModelInputs], *, mlp: bool,
                  refine: str | None, options: RefineOptions | None = None, boundaries: Boundaries | None = None,
-                 progress: bool = True) -> CompressionResult:
-    """The stages after the closed-form fit, as `compress` runs them: `add_mlps` when `mlp`, then
-    `refine_output` when `refine="output"`; `result` is updated in place and returned."""
+                 costs: UnitCosts | None = None, progress: bool = True) -> CompressionResult:
+    """The stages after the closed-form fit, as `compress` runs them: `add_mlps` when `mlp` (sized on
+    `costs`), then `refine_output` when `refine="output"`; `result` is updated in place and returned."""
     opts = options if options is not None else RefineOptions()
     if mlp:
-        result.plan.refinement = {"mlp": [asdict(f) for f in add_mlps(result, model, batches, opts,
-                                                                         progress=progress)]}
+        fits = add_mlps(result, model, batches, opts, costs=costs, progress=progress)
+        result.plan.refinement = {"mlp": [asdict(f) for f in fits]}
     if refine == "output":
         mlps = (result.plan.refinement or {}).get("mlp")
         refine_output(result, model, batches, options=opts, boundaries=boundaries, progress=progress)

@@ -26,7 +26,7 @@ from fxapprox.cli.common import (
     positive_int,
     spans_arg,
 )
-from fxapprox.config import REFINE_PARAMS, REFINES, SELECTIONS, TARGETS, TRANSFORMS, CompressConfig
+from fxapprox.config import REFINE_PARAMS, REFINE_ROWS, REFINES, SELECTIONS, TARGETS, TRANSFORMS, CompressConfig
 from fxapprox.errors import ConfigError
 from fxapprox.metrics import METRIC_INFO
 from fxapprox.output_score import OUTPUT_TARGETS
@@ -37,8 +37,8 @@ _S = argparse.SUPPRESS
 # argparse dest → CompressConfig field, where they differ
 _FIELDS = {"samples": "num_samples"}
 # argparse dest → field of `RefineOptions` (the config's `refine_options`)
-_REFINE_OPTIONS = {"refine_params": "params", "refine_steps": "steps", "refine_time": "time_budget_s",
-                   "mlp_fraction": "mlp_fraction"}
+_REFINE_OPTIONS = {"refine_params": "params", "refine_rows": "rows", "refine_steps": "steps",
+                   "refine_time": "time_budget_s", "mlp_fraction": "mlp_fraction"}
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -98,8 +98,13 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                         help="output: train the replacements to minimise the damage at the model's output on the "
                         "calibration data (Adam, a held-out quarter for early stopping)")
     refine.add_argument("--refine-params", choices=REFINE_PARAMS, default=_S,
-                        help="with --refine: train the maps only (default), or also every 1-D parameter after the "
-                        "first span (norm scales and shifts, biases)")
+                        help="with --refine: train the maps only (default), also every 1-D parameter after the "
+                        "first span (maps+norms: norm scales and shifts, biases), or every parameter after it (all: "
+                        "the kept blocks' weights too, a light fine-tune of the suffix)")
+    refine.add_argument("--refine-rows", choices=REFINE_ROWS, default=_S,
+                        help="with --refine on a backbone: the loss compares every unpadded token's final hidden "
+                        "state (tokens, default), the pooled features a probe reads ([CLS], or the masked mean with "
+                        "an attention mask: pooled), or both (tokens+pooled)")
     refine.add_argument("--refine-steps", type=positive_int, default=_S, metavar="N",
                         help="with --refine: optimiser steps (default: 3 passes over the calibration samples)")
     refine.add_argument("--refine-time", type=positive_float, default=_S, metavar="SECONDS",

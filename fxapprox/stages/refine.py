@@ -13,6 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from fxapprox.config import CompressConfig
+from fxapprox.costs import UnitCosts
 from fxapprox.refine import refine_stage
 from fxapprox.stages.capture import Captured
 from fxapprox.stages.rewrite import CompressionResult
@@ -20,11 +21,14 @@ from fxapprox.stages.rewrite import CompressionResult
 __all__ = ["run"]
 
 
-def run(model: nn.Module, captured: Captured, result: CompressionResult, config: CompressConfig) -> CompressionResult:
-    """Train `result`'s replacements (in place) on `captured`'s calibration batches against `model`'s outputs."""
+def run(model: nn.Module, captured: Captured, result: CompressionResult, config: CompressConfig,
+        costs: UnitCosts | None = None) -> CompressionResult:
+    """Train `result`'s replacements (in place) on `captured`'s calibration batches against `model`'s outputs
+    (`costs`: the unit costs the select stage priced the MLPs with; counted again when None)."""
     if not config.trains:
         return result
     refine_stage(result, model, captured.batches, mlp=config.transform == "mlp", refine=config.refine,
-                 options=config.refine_options, boundaries=captured.traced.boundaries, progress=config.progress)
+                 options=config.refine_options, boundaries=captured.traced.boundaries, costs=costs,
+                 progress=config.progress)
     result.num_params_after = sum(p.numel() for p in result.module.parameters())
     return result

@@ -5,7 +5,8 @@ and `"lowest"` (`fxapprox.select.RULES`) read a cost per candidate span from the
 (`output`: each candidate replaced by its fitted map, damage to the model's output on the first
 calibration batch, `fxapprox.output_score`; `heldout`: k-fold residuals; the rest from the
 moments), `"iterative"` removes one unit at a time by output damage (`fxapprox.sequential`).
-Budgets are savings counted on the graph (`fxapprox.costs.unit_costs`, net of the maps) or
+Budgets are savings counted on the graph (`fxapprox.costs.unit_costs`, net of the maps, and for
+`transform="mlp"` of the MLPs `refine_options` sizes) or
 measured latencies (`fxapprox.costs.BlockLatency`): the `"dp"` rule finds the span set of least
 total cost that saves the budget exactly (`best_spans_for_saving`); the other rules take their
 smallest plan that saves it. This stage never rewrites the graph.
@@ -17,8 +18,8 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from fxapprox.config import OUTPUT_METRIC, CompressConfig
-from fxapprox.costs import BlockLatency, UnitCosts, unit_costs
+from fxapprox.config import OUTPUT_METRIC, CompressConfig, RefineOptions
+from fxapprox.costs import BlockLatency, MlpSize, UnitCosts, unit_costs
 from fxapprox.errors import SpanError
 from fxapprox.metrics import heldout_matrix, score
 from fxapprox.output_score import output_scores
@@ -48,22 +49,26 @@ class Selection:
     unit_costs: UnitCosts | None = field(default=None, repr=False)
     block_latency: BlockLatency | None = field(default=None, repr=False)
     reached: dict[str, float] | None = None
+    mlp: MlpSize | None = None  # transform="mlp": how each span's MLP is sized (and priced)
 
     def saved(self, spans: list[Span], transforms: list[str]) -> dict[str, float] | None:
-        """Fractions saved by replacing `spans` with `transforms` (`"identity"`: no map added)."""
+        """Fractions saved by replacing `spans` with `transforms` (`"identity"`: no map added; `"mlp"`:
+        a map and an MLP sized by `self.mlp`)."""
         out: dict[str, float] = {}
         if self.unit_costs is not None:
-            out["flops"] = self.unit_costs.fraction(spans, transforms, "flops")
-            out["params"] = self.unit_costs.fraction(spans, transforms, "params")
+            out["flops"] = self.unit_costs.fraction(spans, transforms, "flops", self.mlp)
+            out["params"] = self.unit_costs.fraction(spans, transforms, "params", self.mlp)
         if self.block_latency is not None:
             lat = self.block_latency
             out["latency"] = sum(lat.saving(s, e, t) for (s, e), t in zip(spans, transforms)) / lat.original_ms
         return out or None
 
     def reached_by(self, plan) -> dict[str, float] | None:
-        """`saved` by the fitted plan's spans (identity and folded maps add nothing)."""
+        """`saved` by the fitted plan's spans (identity and folded maps add nothing; with `mlp` set,
+        every map gets its MLP after the fit)."""
+        with_map = "linear" if self.mlp is None else "mlp"
         return self.saved([(sp.s, sp.e) for sp in plan.spans],
-                          ["identity" if sp.transform == "identity" or sp.fold else "linear" for sp in plan.spans])
+                          ["identity" if sp.transform == "identity" or sp.fold else with_map for sp in plan.spans])
 
 
 def _span_costs(cal: Calibration, config: CompressConfig, chooser: str, max_len: int | None) -> dict[Span, float]:
@@ -87,7 +92,7 @@ def _span_costs(cal: Calibration, config: CompressConfig, chooser: str, max_len:
     return costs
 
 
-def _saving_fn(cal: Calibration, config: CompressConfig, kind: str, transform: str
+def _saving_fn(cal: Calibration, config: CompressConfig, kind: str, transform: str, mlp: MlpSize | None
                ) -> tuple[Callable[[Span], float], float, UnitCosts | None]:
     """Per span what it saves of `kind`, the budget in the same unit, and the unit costs counted."""
     if kind == "latency":
@@ -95,8 +100,8 @@ def _saving_fn(cal: Calibration, config: CompressConfig, kind: str, transform: s
         return (lambda sp: lat.saving(*sp, transform)), config.latency_budget * lat.original_ms, None
     costs = unit_costs(cal.captured.traced, cal.captured.device)
     if kind == "flops":
-        return (lambda sp: costs.saving(*sp, transform, "flops")), config.budget * costs.total_flops, costs
-    return (lambda sp: costs.saving(*sp, transform, "params")), config.param_budget * costs.total_params, costs
+        return (lambda sp: costs.saving(*sp, transform, "flops", mlp)), config.budget * costs.total_flops, costs
+    return (lambda sp: costs.saving(*sp, transform, "params", mlp)), config.param_budget * costs.total_params, costs
 
 
 def _short(config: CompressConfig, name: str, best: float, total: float) -> SpanError:
@@ -108,9 +113,11 @@ def run(calibration: Calibration, config: CompressConfig) -> Selection:
     """Choose the spans `config` asks for (see the module docstring)."""
     traced = calibration.captured.traced
     num_units = traced.num_units
-    if config.spans is not None:
-        return Selection(validate_spans(config.spans, num_units, config.units), "given")
     chooser = "linear" if config.transform in ("auto", "mlp") else config.transform
+    mlp = (config.refine_options or RefineOptions()).mlp_size if config.transform == "mlp" else None
+    if config.spans is not None:
+        counted = unit_costs(traced, calibration.captured.device) if mlp is not None else None  # sizes the MLPs
+        return Selection(validate_spans(config.spans, num_units, config.units), "given", unit_costs=counted, mlp=mlp)
     budget = next((name for name in _BUDGETS if getattr(config, name) is not None), None)
     steps, counted, spans = None, None, []
     if budget is None:
@@ -124,8 +131,9 @@ def run(calibration: Calibration, config: CompressConfig) -> Selection:
             spans = RULES[config.selection](_span_costs(calibration, config, chooser, max_len), num_units, k)
     else:
         kind = _BUDGETS[budget]
-        saves_as = "identity" if chooser == "identity" or config.fold else "linear"
-        saving, target, counted = _saving_fn(calibration, config, kind, saves_as)
+        saves_as = "identity" if chooser == "identity" or config.fold else config.transform
+        saves_as = "linear" if saves_as == "auto" else saves_as
+        saving, target, counted = _saving_fn(calibration, config, kind, saves_as, mlp)
         total = target / getattr(config, budget)
 
         def saved(chosen: list[Span]) -> float:
@@ -157,10 +165,12 @@ def run(calibration: Calibration, config: CompressConfig) -> Selection:
             spans, best, ok = first_reaching(plans(), target)
             if not ok:
                 raise _short(config, budget, best, total)
+    if mlp is not None and counted is None:
+        counted = unit_costs(traced, calibration.captured.device)  # the refine stage sizes the MLPs by it
     check_folds(spans, config.fold)
     if config.fold:
         fold_branches(traced, sorted({s for s, _ in spans}))  # typed error for a chosen span that cannot fold
-    selection = Selection(spans, config.selection, steps, counted, config.block_latency)
+    selection = Selection(spans, config.selection, steps, counted, config.block_latency, mlp=mlp)
     if budget is not None:
         selection.reached = selection.saved(spans, [saves_as] * len(spans))
     log.info("selected spans %s by %s", spans, "iterative output damage" if config.selection == "iterative" else

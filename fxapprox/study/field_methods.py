@@ -46,6 +46,7 @@ from typing import Any
 
 from fxapprox.analysis import Analysis
 from fxapprox.config import CompressConfig
+from fxapprox.costs import MlpSize
 from fxapprox.errors import SpanError
 from fxapprox.select import RULES, candidate_costs, first_reaching
 
@@ -148,8 +149,8 @@ def _rule_plans(method: str, an: Analysis, costs: dict[Span, float], sizes: rang
         yield CompressConfig(spans=spans, **options), _span_saving(an, spans, saves_as)
 
 
-def _span_saving(an: Analysis, spans: list[Span], transform: str) -> float:
-    return budget_fraction(an, sum(an.savings(s, e, transform)[1] for s, e in spans))
+def _span_saving(an: Analysis, spans: list[Span], transform: str, mlp: MlpSize | None = None) -> float:
+    return budget_fraction(an, sum(an.savings(s, e, transform, mlp)[1] for s, e in spans))
 
 
 def papers_plan(an: Analysis, budget: float) -> MethodPlan:
@@ -210,11 +211,6 @@ def fxapprox_refined_plan(an: Analysis, budget: float) -> MethodPlan:
     return plan
 
 
-def _ffn_flops(an: Analysis, s: int, e: int, hidden: int) -> float:
-    """FLOPs per sample of a `ResidualMLP` bottleneck of width `hidden` on span (s, e)'s boundary."""
-    return 2.0 * an.tokens_per_sample[s + 1] * hidden * (an.widths[s + 1] + an.widths[e + 1])
-
-
 def streamline_plan(an: Analysis, budget: float) -> MethodPlan:
     """For the least n that saves the budget net of the FFN, the window of n blocks whose input and
     output have the highest mean token cosine, replaced by `transform="mlp"` of width `FFN_RATIO` d."""
@@ -223,7 +219,7 @@ def streamline_plan(an: Analysis, budget: float) -> MethodPlan:
         windows = [(s, s + n) for s in range(-1, an.num_blocks - n)]
         s, e = min(windows, key=lambda w: (an.score(*w, "cosine"), w))
         hidden = FFN_RATIO * an.widths[e + 1]
-        saved = _span_saving(an, [(s, e)], "linear") - budget_fraction(an, _ffn_flops(an, s, e, hidden))
+        saved = _span_saving(an, [(s, e)], "mlp", MlpSize(hidden=hidden))
         candidates.append((CompressConfig(spans=[(s, e)], transform="mlp", refine_options={"mlp_hidden": hidden}),
                            saved))
     return _first_reaching("llm-streamline-style", budget, candidates)
