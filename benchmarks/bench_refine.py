@@ -33,12 +33,15 @@ VARIANTS = {
     "refine maps+norms tokens+pooled": {"refine": "output",
                                         "refine_options": RefineOptions(params="maps+norms", rows="tokens+pooled")},
     "refine all": {"refine": "output", "refine_options": RefineOptions(params="all")},
-    "refine all tokens+pooled": {"refine": "output", "refine_options": RefineOptions(params="all",
-                                                                                     rows="tokens+pooled")},
+    "refine all lr 1e-5": {"refine": "output", "refine_options": RefineOptions(params="all", lr=1e-5)},
+    "refine all tokens+pooled lr 1e-5": {"refine": "output", "refine_options": RefineOptions(
+        params="all", rows="tokens+pooled", lr=1e-5)},
     "mlp + refine maps+norms": {"transform": "mlp", "refine": "output",
                                 "refine_options": RefineOptions(params="maps+norms")},
     "mlp 0.3 + refine maps+norms": {"transform": "mlp", "refine": "output",
                                     "refine_options": RefineOptions(params="maps+norms", mlp_fraction=0.3)},
+    "mlp 0.3 lr/10 + refine maps+norms lr/3": {"transform": "mlp", "refine": "output", "refine_options": RefineOptions(
+        params="maps+norms", mlp_fraction=0.3, mlp_lr=1e-4, lr=3e-5)},
 }
 
 
@@ -86,11 +89,13 @@ def main() -> None:
             with torch.no_grad():
                 pred = probe(x).argmax(1)
             ref = res.plan.refinement or {}
-            rows.append({"plan": text, "units": args.units, "variant": name, "compress_s": round(seconds, 1),
+            rows.append({"plan": text, "units": args.units, "variant": name, "samples": args.samples,
+                         "compress_s": round(seconds, 1),
                          "refine_s": ref.get("seconds"), "agreement": float((pred == original).float().mean()),
                          "accuracy": float((pred == test_y).float().mean()),
                          "heldout_before": ref.get("heldout_before"), "heldout_after": ref.get("heldout_after"),
                          "steps": ref.get("steps"), "best_step": ref.get("best_step"), "stopped": ref.get("stopped"),
+                         "train_history": ref.get("train_history"), "history": ref.get("history"),
                          "num_trained": ref.get("num_trained"), "mlp": ref.get("mlp"),
                          "params_after": res.num_params_after})
             print(json.dumps(rows[-1]), flush=True)

@@ -98,6 +98,9 @@ class RefineReport:
     heldout_batches: int
     stopped: str  # "steps", "patience" or "time"
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out loss) per evaluation
+    # (step, loss on the pass's training pieces, measured as they were trained) per evaluation: beside the
+    # held-out loss it tells overfitting (data-limited) from a plateau of both (capacity- or objective-limited)
+    train_history: list[tuple[int, float]] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -366,25 +369,32 @@ def refine_output(result: CompressionResult, model: nn.Module, batches: Sequence
         pred = read(cut.output(cut.tail(*batch.live)), batch.mask)
         return [_damage(p, r, target) for p, r in zip(pred, batch.reference)]
 
-    def heldout() -> float:
-        sums = torch.zeros(len(held_data[0].reference), 2, dtype=torch.float64)
-        with torch.no_grad():
-            for batch in held_data:
-                sums += torch.tensor([[float(n), float(d)] for n, d in damage(batch)], dtype=torch.float64)
+    def summed(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        return torch.tensor([[float(n), float(d)] for n, d in parts], dtype=torch.float64)
+
+    def loss_of(sums: torch.Tensor) -> float:
+        """Summed (numerator, denominator) per part → the reported loss: mean KL, or relative error."""
         ratios = sums[:, 0] / sums[:, 1]
         return float(ratios.mean() if target == "logits" else ratios.sqrt().mean())
+
+    def heldout() -> float:
+        with torch.no_grad():
+            return loss_of(sum(summed(damage(batch)) for batch in held_data))
 
     total = opts.steps or opts.epochs * len(train_data)
     generator = torch.Generator().manual_seed(opts.seed)
     opt = torch.optim.Adam(tensors, lr=opts.lr)
     before = best = heldout()
     best_state, best_step, history = [t.detach().clone() for t in tensors], 0, [(0, before)]
+    train_history: list[tuple[int, float]] = []
     step, worse, stopped, used = 0, 0, "steps", set()
     bar = tqdm(total=total, desc=f"refine {opts.params} ({len(tensors)} tensors)", unit="step", leave=False,
                disable=not progress)
     while step < total and stopped == "steps":
+        seen = torch.zeros(len(held_data[0].reference), 2, dtype=torch.float64)
         for i in torch.randperm(len(train_data), generator=generator).tolist():
             parts = damage(train_data[i])
+            seen = seen + summed(parts)
             loss = sum(n / d for n, d in parts) / len(parts)
             grads = torch.autograd.grad(loss, tensors, allow_unused=True)  # e.g. a parameter a branch skips
             for j, (t, g) in enumerate(zip(tensors, grads)):
@@ -401,6 +411,7 @@ def refine_output(result: CompressionResult, model: nn.Module, batches: Sequence
                 break
         current = heldout()
         history.append((step, current))
+        train_history.append((step, loss_of(seen)))
         if current < best:
             best, best_state, best_step, worse = current, [t.detach().clone() for t in tensors], step, 0
         else:
@@ -414,7 +425,7 @@ def refine_output(result: CompressionResult, model: nn.Module, batches: Sequence
     report = RefineReport(target, opts.params, sorted(trained), sum(t.numel() for t in trained.values()), step,
                           best_step,
                           before, best, round(time.perf_counter() - started, 2), len(train_data), len(held_data),
-                          stopped, history, opts.to_dict())
+                          stopped, history, train_history, opts.to_dict())
     plan.refinement = report.to_dict()
     log.info("refined %d parameters (%s) at the %s: held-out %.4g → %.4g, %d steps (best %d), %.1f s",
              report.num_trained, opts.params, target, before, best, step, best_step, report.seconds)

@@ -85,6 +85,25 @@ def test_fxapprox_takes_the_span_of_least_output_error():
     assert plan.reaches_budget
 
 
+def test_fxapprox_chooses_on_mixed_units_with_a_half_unit_analysis():
+    model = half_net(3)
+    with torch.no_grad():  # block 1's MLP adds exactly zero: unit 3, span (2, 3), costs nothing to replace
+        model.blocks[1].fc2.weight.zero_()
+        model.blocks[1].fc2.bias.zero_()
+    batches = tiny_batches(6, 8)
+    blocks = fxapprox.analyze(model, batches, num_samples=32, flops=True, tokens="all", output_samples=16,
+                              progress=False)
+    mixed = fxapprox.analyze(model, batches, num_samples=32, flops=True, tokens="all", output_samples=16,
+                             units="half", progress=False)
+    half = mixed.savings(2, 3)[1] / mixed.total_flops
+    plan = rule_plan("fxapprox", half * 0.999, paper=blocks, scores=blocks, mixed=mixed)
+    assert plan.compress_kwargs == {"spans": [(2, 3)], "units": "half", "transform": "linear",
+                                    "refit": "sequential"}
+    assert plan.reaches_budget and plan.predicted_flops_removed == pytest.approx(half)
+    whole = rule_plan("fxapprox", half * 0.999, paper=blocks, scores=blocks)  # without it: whole blocks
+    assert whole.config.units == "block" and whole.predicted_flops_removed > half
+
+
 def test_blockpruner_removes_the_unit_that_does_nothing_first():
     model = half_net(3)
     with torch.no_grad():  # block 1's MLP adds exactly zero: unit 3, span (2, 3), is the identity

@@ -34,6 +34,8 @@ def test_refinement_lowers_the_heldout_output_loss():
                        refine_options={"lr": 1e-3, "epochs": 4}).plan.refinement
     assert report["target"] == "features" and report["heldout_batches"] == 8 and report["train_batches"] == 48
     assert report["heldout_after"] < report["heldout_before"] and report["best_step"] > 0
+    assert [st for st, _ in report["train_history"]] == [st for st, _ in report["history"][1:]]
+    assert report["train_history"][-1][1] < report["train_history"][0][1]  # the training loss falls too
     assert report["trained"] == ["fxapprox_blocks_1_to_3.bias", "fxapprox_blocks_1_to_3.weight"]
     assert report["num_trained"] == 32 * 32 + 32
 

@@ -17,7 +17,9 @@ graph machinery (no code of theirs; shared/DESIGN.md, "The field's rules"):
   down projection (`fold=True`).
 * `fxapprox`: this library's best rule: the dynamic program over the `output` score (final-feature
   error of each span's fitted map on held-out samples) with linear maps, at least total error
-  for the FLOP budget (`Analysis.select(flops_budget=...)`).
+  for the FLOP budget (`Analysis.select(flops_budget=...)`), on mixed units when given a half-unit
+  analysis (spans of half blocks: whole blocks, attention or MLP branches, each with its map),
+  each map refitted in sequence.
 * `fxapprox-refined`: the `fxapprox` plan, its maps (and the 1-D parameters after the first span)
   then trained at the model's output (`refine="output"`, `params="maps+norms"`).
 * `llm-streamline-style` (Chen et al., ICLR 2025): the contiguous window of n blocks whose input
@@ -188,15 +190,16 @@ def replaceme_plan(an: Analysis, budget: float, *, fold: bool) -> MethodPlan:
 
 def fxapprox_plan(an: Analysis, budget: float) -> MethodPlan:
     """The dynamic program over the `output` score with linear maps: the span set of least total
-    final-feature error that saves the budget (when none does, the most blocks it can remove), each
-    map refitted on the model with the earlier spans replaced (`refit="sequential"`)."""
+    final-feature error that saves the budget (when none does, the most units it can remove), each
+    map refitted on the model with the earlier spans replaced (`refit="sequential"`); in `an`'s units
+    (a half-unit analysis: mixed units)."""
     try:
         spans = an.select(flops_budget=budget, metric="output", transform="linear")
     except SpanError:  # beyond every span set the output score rates (analyze's output_max_len)
         spans = _most_blocks(an)
     saved = _span_saving(an, spans, "linear")
-    plan = MethodPlan("fxapprox", budget, CompressConfig(spans=spans, transform="linear", refit="sequential"), saved,
-                      reaches_budget=_meets(saved, budget))
+    config = CompressConfig(spans=spans, units=an.units, transform="linear", refit="sequential")
+    plan = MethodPlan("fxapprox", budget, config, saved, reaches_budget=_meets(saved, budget))
     if not plan.reaches_budget:
         plan.notes.append(f"no span set the output score rates saves {budget:.3f}; the plan that removes the "
                           f"most blocks saves {saved:.3f}")
@@ -273,10 +276,11 @@ def blockpruner_plan(order: PruningOrder, budget: float) -> MethodPlan:
 
 
 def rule_plan(method: str, budget: float, *, paper: Analysis, scores: Analysis,
-              order: PruningOrder | None = None) -> MethodPlan:
+              order: PruningOrder | None = None, mixed: Analysis | None = None) -> MethodPlan:
     """`method`'s plan for `budget` (a fraction of the FLOPs): `paper` is the papers' analysis
     ([CLS], 50 samples), `scores` the all-token analysis with FLOP counts and the `output` score,
-    `order` BlockPruner's greedy order (`pruning_order`)."""
+    `order` BlockPruner's greedy order (`pruning_order`), `mixed` the same as `scores` in half units
+    (`analyze(units="half", ...)`): fxapprox's rows then choose on mixed units."""
     if not 0 < budget < 1 or math.isnan(budget):
         raise ValueError(f"budget {budget} must be a fraction of the FLOPs in (0, 1)")
     if method not in METHODS:
@@ -288,9 +292,9 @@ def rule_plan(method: str, budget: float, *, paper: Analysis, scores: Analysis,
     if method == "replaceme":
         return replaceme_plan(scores, budget, fold=True)
     if method == "fxapprox":
-        return fxapprox_plan(scores, budget)
+        return fxapprox_plan(mixed or scores, budget)
     if method == "fxapprox-refined":
-        return fxapprox_refined_plan(scores, budget)
+        return fxapprox_refined_plan(mixed or scores, budget)
     if method == "llm-streamline-style":
         return streamline_plan(scores, budget)
     if order is None:

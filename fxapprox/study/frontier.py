@@ -44,7 +44,7 @@ import torch
 from fxapprox import distributed
 from fxapprox.atomic import atomic_write_text, save_figure
 from fxapprox.config import CompressConfig
-from fxapprox.errors import FoldError
+from fxapprox.errors import FoldError, NoMiddleBoundaryError
 from fxapprox.study.damage import measure_damage, probe_accuracy
 from fxapprox.study.field_methods import DEFAULT_METHODS, METHODS, MethodPlan, block_budgets, pruning_order, rule_plan
 from fxapprox.study.span_features import SpanFeatures
@@ -228,6 +228,14 @@ def frontier(model: torch.nn.Module, model_name: str, dataset: Any, cfg: Frontie
     paper = fxapprox.analyze(model, calib, num_samples=cfg.paper_samples, tokens="cls", flops=True, progress=False)
     scores = fxapprox.analyze(model, calib, num_samples=cfg.samples, tokens="all", flops=True,
                               output_samples=cfg.output_samples, output_max_len=cfg.max_len, progress=False)
+    mixed = None
+    if {"fxapprox", "fxapprox-refined"} & set(cfg.methods):  # fxapprox's rows choose on mixed units
+        try:
+            mixed = fxapprox.analyze(model, calib, num_samples=cfg.samples, tokens="all", flops=True, units="half",
+                                     output_samples=cfg.output_samples,
+                                     output_max_len=2 * cfg.max_len if cfg.max_len else None, progress=False)
+        except NoMiddleBoundaryError as err:
+            log.warning("fxapprox's rows choose whole blocks only: %s", err)
     budgets = list(cfg.budgets) if cfg.budgets else block_budgets(scores, cfg.max_blocks)
     train = loader("train", cfg.train_samples, seed=2, labels=True)
     test = loader("test", cfg.test_samples, seed=3, labels=True)
@@ -272,7 +280,7 @@ def frontier(model: torch.nn.Module, model_name: str, dataset: Any, cfg: Frontie
         for budget in budgets:
             for method in result["methods"]:
                 t = time.perf_counter()
-                plan = rule_plan(method, budget, paper=paper, scores=scores, order=order)
+                plan = rule_plan(method, budget, paper=paper, scores=scores, order=order, mixed=mixed)
                 row = _measure_plan(plan, model, calib, cfg, original, example, workdir, measured,
                                     features=lambda module: (
                                         _split_features(module, train, desc="train features")[0]
