@@ -26,7 +26,7 @@ def test_the_command_line_takes_both_names():
     args = build_parser().parse_args(["frontier", "dinov2-small", "--data", "mnist-5k", "--out", "o",
                                       "--methods", "fxapprox,fxapprox-refined,llm-streamline-style"])
     assert args.methods == ("fxapprox", "fxapprox-refined", "llm-streamline-style")
-    assert set(METHODS) - set(DEFAULT_METHODS) == {"fxapprox-refined", "llm-streamline-style"}
+    assert set(METHODS) - set(DEFAULT_METHODS) == {"fxapprox-refined", "fxapprox-tuned", "llm-streamline-style"}
 
 
 def test_fxapprox_refined_refines_fxapprox_plan():
@@ -36,6 +36,10 @@ def test_fxapprox_refined_refines_fxapprox_plan():
     assert plan.config == fxapprox_plan(an, one).config.replace(**REFINED)
     kwargs = plan.compress_kwargs
     assert kwargs["refine"] == "output" and kwargs["refine_options"]["params"] == "maps+norms"
+    tuned = rule_plan("fxapprox-tuned", one, paper=an, scores=an)
+    assert tuned.config.spans == plan.config.spans and tuned.rule == "dp"
+    options = tuned.compress_kwargs["refine_options"]
+    assert options["params"] == "all" and options["lr"] == 1e-5
 
 
 def test_streamline_takes_the_most_alike_window_and_pays_for_its_ffn():

@@ -22,6 +22,8 @@ graph machinery (no code of theirs; shared/DESIGN.md, "The field's rules"):
   each map refitted in sequence.
 * `fxapprox-refined`: the `fxapprox` plan, its maps (and the 1-D parameters after the first span)
   then trained at the model's output (`refine="output"`, `params="maps+norms"`).
+* `fxapprox-tuned`: the same with every parameter after the first span trained (`params="all"`,
+  lr 1e-5): a light fine-tune of the suffix on the calibration data.
 * `llm-streamline-style` (Chen et al., ICLR 2025): the contiguous window of n blocks whose input
   and output hidden states are most alike by cosine (the `cosine` score on all tokens), replaced
   by one FFN of the model's FFN width (4 d) trained on the window's boundary tensors (MSE): here
@@ -57,15 +59,19 @@ __all__ = ["METHODS", "DEFAULT_METHODS", "METHOD_RULES", "MethodPlan", "rule_pla
 
 Span = tuple[int, int]
 
-METHODS = ("papers", "shortgpt", "blockpruner", "replaceme", "fxapprox", "fxapprox-refined", "llm-streamline-style")
+METHODS = ("papers", "shortgpt", "blockpruner", "replaceme", "fxapprox", "fxapprox-refined", "fxapprox-tuned",
+           "llm-streamline-style")
 DEFAULT_METHODS = METHODS[:5]  # the training-free rules; the trained rows take minutes per plan on a CPU
-REFINED = {"refine": "output", "refine_options": {"params": "maps+norms"}}  # fxapprox-refined's compress options
+# fxapprox's plan trained at the output: each trained fxapprox row's compress options
+TRAINED = {"fxapprox-refined": {"refine": "output", "refine_options": {"params": "maps+norms"}},
+           "fxapprox-tuned": {"refine": "output", "refine_options": {"params": "all", "lr": 1e-5}}}
+REFINED = TRAINED["fxapprox-refined"]
 FFN_RATIO = 4  # llm-streamline-style: the replacing FFN's width / the model's (both real models' MLP ratio)
 
 _TOLERANCE = 1e-9  # relative slack when comparing a saving with its budget
 # The rule of `fxapprox.select.RULES` (or "iterative") each method selects with.
 METHOD_RULES = {"papers": "topk", "shortgpt": "lowest", "blockpruner": "iterative", "replaceme": "topk",
-                "fxapprox": "dp", "fxapprox-refined": "dp", "llm-streamline-style": "topk"}
+                "fxapprox": "dp", "fxapprox-refined": "dp", "fxapprox-tuned": "dp", "llm-streamline-style": "topk"}
 
 
 @dataclass
@@ -206,11 +212,11 @@ def fxapprox_plan(an: Analysis, budget: float) -> MethodPlan:
     return plan
 
 
-def fxapprox_refined_plan(an: Analysis, budget: float) -> MethodPlan:
-    """`fxapprox_plan`'s spans and maps, then refined at the model's output (`REFINED`)."""
+def fxapprox_trained_plan(an: Analysis, budget: float, method: str = "fxapprox-refined") -> MethodPlan:
+    """`fxapprox_plan`'s spans and maps, then trained at the model's output as `method` says (`TRAINED`)."""
     plan = fxapprox_plan(an, budget)
-    plan.method = "fxapprox-refined"
-    plan.config = plan.config.replace(**REFINED)
+    plan.method = method
+    plan.config = plan.config.replace(**TRAINED[method])
     return plan
 
 
@@ -293,8 +299,8 @@ def rule_plan(method: str, budget: float, *, paper: Analysis, scores: Analysis,
         return replaceme_plan(scores, budget, fold=True)
     if method == "fxapprox":
         return fxapprox_plan(mixed or scores, budget)
-    if method == "fxapprox-refined":
-        return fxapprox_refined_plan(mixed or scores, budget)
+    if method in TRAINED:
+        return fxapprox_trained_plan(mixed or scores, budget, method)
     if method == "llm-streamline-style":
         return streamline_plan(scores, budget)
     if order is None:

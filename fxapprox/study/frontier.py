@@ -229,7 +229,7 @@ def frontier(model: torch.nn.Module, model_name: str, dataset: Any, cfg: Frontie
     scores = fxapprox.analyze(model, calib, num_samples=cfg.samples, tokens="all", flops=True,
                               output_samples=cfg.output_samples, output_max_len=cfg.max_len, progress=False)
     mixed = None
-    if {"fxapprox", "fxapprox-refined"} & set(cfg.methods):  # fxapprox's rows choose on mixed units
+    if any(m.startswith("fxapprox") for m in cfg.methods):  # fxapprox's rows choose on mixed units
         try:
             mixed = fxapprox.analyze(model, calib, num_samples=cfg.samples, tokens="all", flops=True, units="half",
                                      output_samples=cfg.output_samples,
@@ -343,6 +343,7 @@ def _training_cost(res: Any, seconds: float) -> dict[str, float]:
 
 _LABELS = {"papers": "papers (TBA/TOAST)", "shortgpt": "ShortGPT", "blockpruner": "BlockPruner-style",
            "replaceme": "ReplaceMe-style", "fxapprox": "fxapprox", "fxapprox-refined": "fxapprox-refined",
+           "fxapprox-tuned": "fxapprox-tuned",
            "llm-streamline-style": "LLM-Streamline-style"}
 
 
