@@ -327,7 +327,7 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="num_samples=0"):
         fxapprox.analyze(model, tiny_batches(), num_samples=0)
     with pytest.raises(ValueError, match="transform="):
-        table().select(2, transform="mlp", metric="linear")
+        table().select(2, transform="quadratic", metric="linear")
     with pytest.raises(SpanError, match="budget"):
         table().select(param_budget=1.5, metric="linear")
 
