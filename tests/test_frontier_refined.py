@@ -1,4 +1,4 @@
-"""The trained frontier rows: `fxapprox-refined` and `llm-streamline-style` plans, and a tiny frontier run with both."""
+"""The trained frontier rows (`fxapprox-refined`, `-tuned`, `-mlp`, `llm-streamline-style`) and a tiny frontier run."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from test_frontier import _analysis
 from tiny_models import hf_family
 
 from fxapprox.config import CompressConfig
+from fxapprox.costs import MlpSize
 from fxapprox.study.field_methods import (
     DEFAULT_METHODS,
     FFN_RATIO,
     METHODS,
     REFINED,
+    TRAINED,
     block_budgets,
     fxapprox_plan,
     rule_plan,
@@ -26,7 +28,8 @@ def test_the_command_line_takes_both_names():
     args = build_parser().parse_args(["frontier", "dinov2-small", "--data", "mnist-5k", "--out", "o",
                                       "--methods", "fxapprox,fxapprox-refined,llm-streamline-style"])
     assert args.methods == ("fxapprox", "fxapprox-refined", "llm-streamline-style")
-    assert set(METHODS) - set(DEFAULT_METHODS) == {"fxapprox-refined", "fxapprox-tuned", "llm-streamline-style"}
+    assert set(METHODS) - set(DEFAULT_METHODS) == {"fxapprox-refined", "fxapprox-tuned", "fxapprox-mlp",
+                                                      "llm-streamline-style"}
 
 
 def test_fxapprox_refined_refines_fxapprox_plan():
@@ -40,6 +43,19 @@ def test_fxapprox_refined_refines_fxapprox_plan():
     assert tuned.config.spans == plan.config.spans and tuned.rule == "dp"
     options = tuned.compress_kwargs["refine_options"]
     assert options["params"] == "all" and options["lr"] == 1e-5
+
+
+def test_fxapprox_mlp_pays_for_its_mlps():
+    an = _analysis((2,), num_samples=32, tokens="all", output_samples=16)
+    one = block_budgets(an, 1)[0]
+    linear = rule_plan("fxapprox", one, paper=an, scores=an)
+    plan = rule_plan("fxapprox-mlp", one, paper=an, scores=an)
+    assert plan.config.transform == "mlp" and plan.config.refine == "output" and plan.reaches_budget
+    mlp = MlpSize(TRAINED["fxapprox-mlp"]["refine_options"]["mlp_fraction"])
+    saved = sum(an.savings(s, e, "mlp", mlp)[1] for s, e in plan.config.spans) / an.total_flops
+    assert plan.predicted_flops_removed == pytest.approx(saved) and saved >= one
+    # one block no longer pays for itself once its MLP is counted: the plan removes more blocks
+    assert sum(e - s for s, e in plan.config.spans) > sum(e - s for s, e in linear.config.spans)
 
 
 def test_streamline_takes_the_most_alike_window_and_pays_for_its_ffn():
@@ -72,6 +88,7 @@ def test_a_frontier_with_the_trained_rows(tmp_path):
     assert "train_s" not in plain
     assert refined["spans"] == plain["spans"] and refined["options"]["refine"] == "output"
     assert refined["train_s"] > 0 and refined["train_x_compress"] > 0
+    assert refined["heldout_after"] <= refined["heldout_before"] and refined["stopped"] in ("steps", "patience")
     assert set(streamline["transforms"]) == {"mlp"} and streamline["train_s"] > 0
     # the FFN's FLOPs are paid: counted on the graph near the prediction (this tiny ViT's analysis totals differ
     # from the graph's by a few points of the FLOPs, which a 4d FFN on a 32-wide model magnifies)

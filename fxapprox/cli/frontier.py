@@ -39,10 +39,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "blocks saves)")
     p.add_argument("--methods", type=_methods, default=None,
                    help="comma-separated subset of papers,shortgpt,blockpruner,replaceme,fxapprox,fxapprox-refined,"
-                   "fxapprox-tuned,llm-streamline-style (default: the first five, the training-free rules; "
-                   "fxapprox-refined trains fxapprox's maps and the norms and biases after them at the output, "
-                   "fxapprox-tuned every parameter after the first span (lr 1e-5), llm-streamline-style replaces "
-                   "its window by a trained FFN)")
+                   "fxapprox-tuned,fxapprox-mlp,llm-streamline-style (default: the first five, the training-free "
+                   "rules; fxapprox-refined trains fxapprox's maps and the norms and biases after them at the output, "
+                   "fxapprox-tuned every parameter after the first span (lr 1e-5), fxapprox-mlp chooses and replaces "
+                   "spans by map + MLP (10 %% of the span's FLOPs, paid from the budget) and refines them, "
+                   "llm-streamline-style replaces its window by a trained FFN)")
     p.add_argument("--samples", type=positive_int, default=None,
                    help="calibration samples (default 500; 256 with --quick)")
     p.add_argument("--train", type=nonnegative_int, default=None,

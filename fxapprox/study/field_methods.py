@@ -24,6 +24,9 @@ graph machinery (no code of theirs; shared/DESIGN.md, "The field's rules"):
   then trained at the model's output (`refine="output"`, `params="maps+norms"`).
 * `fxapprox-tuned`: the same with every parameter after the first span trained (`params="all"`,
   lr 1e-5): a light fine-tune of the suffix on the calibration data.
+* `fxapprox-mlp`: the dynamic program on whole blocks with every span priced as its map plus a
+  residual MLP of 10 % of the span's FLOPs (`transform="mlp"`, the budget pays for the MLPs), each
+  MLP fitted locally, then refined at the output (`params="maps+norms"`).
 * `llm-streamline-style` (Chen et al., ICLR 2025): the contiguous window of n blocks whose input
   and output hidden states are most alike by cosine (the `cosine` score on all tokens), replaced
   by one FFN of the model's FFN width (4 d) trained on the window's boundary tensors (MSE): here
@@ -60,18 +63,21 @@ __all__ = ["METHODS", "DEFAULT_METHODS", "METHOD_RULES", "MethodPlan", "rule_pla
 Span = tuple[int, int]
 
 METHODS = ("papers", "shortgpt", "blockpruner", "replaceme", "fxapprox", "fxapprox-refined", "fxapprox-tuned",
-           "llm-streamline-style")
+           "fxapprox-mlp", "llm-streamline-style")
 DEFAULT_METHODS = METHODS[:5]  # the training-free rules; the trained rows take minutes per plan on a CPU
 # fxapprox's plan trained at the output: each trained fxapprox row's compress options
 TRAINED = {"fxapprox-refined": {"refine": "output", "refine_options": {"params": "maps+norms"}},
-           "fxapprox-tuned": {"refine": "output", "refine_options": {"params": "all", "lr": 1e-5}}}
+           "fxapprox-tuned": {"refine": "output", "refine_options": {"params": "all", "lr": 1e-5}},
+           "fxapprox-mlp": {"transform": "mlp", "refine": "output",
+                            "refine_options": {"params": "maps+norms", "mlp_fraction": 0.1}}}
 REFINED = TRAINED["fxapprox-refined"]
 FFN_RATIO = 4  # llm-streamline-style: the replacing FFN's width / the model's (both real models' MLP ratio)
 
 _TOLERANCE = 1e-9  # relative slack when comparing a saving with its budget
 # The rule of `fxapprox.select.RULES` (or "iterative") each method selects with.
 METHOD_RULES = {"papers": "topk", "shortgpt": "lowest", "blockpruner": "iterative", "replaceme": "topk",
-                "fxapprox": "dp", "fxapprox-refined": "dp", "fxapprox-tuned": "dp", "llm-streamline-style": "topk"}
+                "fxapprox": "dp", "fxapprox-refined": "dp", "fxapprox-tuned": "dp", "fxapprox-mlp": "dp",
+                "llm-streamline-style": "topk"}
 
 
 @dataclass
@@ -194,17 +200,18 @@ def replaceme_plan(an: Analysis, budget: float, *, fold: bool) -> MethodPlan:
     return plan
 
 
-def fxapprox_plan(an: Analysis, budget: float) -> MethodPlan:
+def fxapprox_plan(an: Analysis, budget: float, transform: str = "linear", mlp: MlpSize | None = None) -> MethodPlan:
     """The dynamic program over the `output` score with linear maps: the span set of least total
     final-feature error that saves the budget (when none does, the most units it can remove), each
     map refitted on the model with the earlier spans replaced (`refit="sequential"`); in `an`'s units
-    (a half-unit analysis: mixed units)."""
+    (a half-unit analysis: mixed units). `transform="mlp"`: every span priced as its map plus an MLP
+    sized by `mlp`, and replaced so."""
     try:
-        spans = an.select(flops_budget=budget, metric="output", transform="linear")
+        spans = an.select(flops_budget=budget, metric="output", transform=transform, mlp=mlp)
     except SpanError:  # beyond every span set the output score rates (analyze's output_max_len)
         spans = _most_blocks(an)
-    saved = _span_saving(an, spans, "linear")
-    config = CompressConfig(spans=spans, units=an.units, transform="linear", refit="sequential")
+    saved = _span_saving(an, spans, transform, mlp)
+    config = CompressConfig(spans=spans, units=an.units, transform=transform, refit="sequential")
     plan = MethodPlan("fxapprox", budget, config, saved, reaches_budget=_meets(saved, budget))
     if not plan.reaches_budget:
         plan.notes.append(f"no span set the output score rates saves {budget:.3f}; the plan that removes the "
@@ -213,8 +220,13 @@ def fxapprox_plan(an: Analysis, budget: float) -> MethodPlan:
 
 
 def fxapprox_trained_plan(an: Analysis, budget: float, method: str = "fxapprox-refined") -> MethodPlan:
-    """`fxapprox_plan`'s spans and maps, then trained at the model's output as `method` says (`TRAINED`)."""
-    plan = fxapprox_plan(an, budget)
+    """`fxapprox_plan`'s spans and maps, then trained at the model's output as `method` says (`TRAINED`;
+    `fxapprox-mlp`: spans chosen with each MLP's FLOPs paid from the budget)."""
+    options = TRAINED[method]
+    mlp = None
+    if options.get("transform") == "mlp":
+        mlp = MlpSize(options["refine_options"]["mlp_fraction"])
+    plan = fxapprox_plan(an, budget, options.get("transform", "linear"), mlp)
     plan.method = method
     plan.config = plan.config.replace(**TRAINED[method])
     return plan
@@ -299,6 +311,8 @@ def rule_plan(method: str, budget: float, *, paper: Analysis, scores: Analysis,
         return replaceme_plan(scores, budget, fold=True)
     if method == "fxapprox":
         return fxapprox_plan(mixed or scores, budget)
+    if method == "fxapprox-mlp":  # the MLP's local fit reads block outputs: whole blocks
+        return fxapprox_trained_plan(scores, budget, method)
     if method in TRAINED:
         return fxapprox_trained_plan(mixed or scores, budget, method)
     if method == "llm-streamline-style":

@@ -330,20 +330,22 @@ def _measure_plan(plan: MethodPlan, model: torch.nn.Module, calib: Any, cfg: Fro
 
 def _training_cost(res: Any, seconds: float) -> dict[str, float]:
     """A plan with trained replacements (`refine`, `transform="mlp"`): the training's seconds (the
-    local MLP fits and the refinement) and its multiple of the rest of `compress`; else nothing."""
+    local MLP fits and the refinement), its multiple of the rest of `compress`, and the refinement's
+    held-out loss before and after, its best step and why it stopped; else nothing."""
     ref = res.plan.refinement
     if not ref:
         return {}
     trained = ref.get("seconds", 0.0) + sum(f["seconds"] for f in ref.get("mlp", []))
+    losses = {k: ref[k] for k in ("heldout_before", "heldout_after", "best_step", "stopped") if k in ref}
     return {"compress_s": round(seconds, 1), "train_s": round(trained, 3),
-            "train_x_compress": round(trained / max(seconds - trained, 1e-9), 3)}
+            "train_x_compress": round(trained / max(seconds - trained, 1e-9), 3), **losses}
 
 
 # --- report ------------------------------------------------------------------------------------
 
 _LABELS = {"papers": "papers (TBA/TOAST)", "shortgpt": "ShortGPT", "blockpruner": "BlockPruner-style",
            "replaceme": "ReplaceMe-style", "fxapprox": "fxapprox", "fxapprox-refined": "fxapprox-refined",
-           "fxapprox-tuned": "fxapprox-tuned",
+           "fxapprox-tuned": "fxapprox-tuned", "fxapprox-mlp": "fxapprox-mlp",
            "llm-streamline-style": "LLM-Streamline-style"}
 
 
