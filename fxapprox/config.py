@@ -56,6 +56,7 @@ class RefineOptions:
     epochs: int = 3
     time_budget_s: float | None = None  # stop after this many seconds (then not deterministic)
     lr: float = 1e-4
+    warmup: int = 0  # optimiser steps over which the learning rate rises linearly to `lr` (0: none)
     batch_size: int = 8  # samples per optimiser step (calibration batches are cut into pieces this size)
     holdout: float = 0.25  # share of the calibration batches kept for early stopping
     patience: int = 2  # evaluations without a better held-out loss before stopping
@@ -73,6 +74,8 @@ class RefineOptions:
         for name in ("epochs", "batch_size", "patience", "mlp_epochs"):
             if getattr(self, name) < 1:
                 raise RefineError(f"{name}={getattr(self, name)} must be at least 1")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise RefineError(f"warmup={self.warmup!r} must be a whole number of steps >= 0")
         for name in ("steps", "mlp_hidden"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise RefineError(f"{name}={getattr(self, name)} must be at least 1 (or None)")

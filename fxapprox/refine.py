@@ -370,7 +370,7 @@ def refine_output(result: CompressionResult, model: nn.Module, batches: Sequence
         return [_damage(p, r, target) for p, r in zip(pred, batch.reference)]
 
     def summed(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        return torch.tensor([[float(n), float(d)] for n, d in parts], dtype=torch.float64)
+        return torch.tensor([[float(n.detach()), float(d.detach())] for n, d in parts], dtype=torch.float64)
 
     def loss_of(sums: torch.Tensor) -> float:
         """Summed (numerator, denominator) per part → the reported loss: mean KL, or relative error."""
@@ -384,6 +384,8 @@ def refine_output(result: CompressionResult, model: nn.Module, batches: Sequence
     total = opts.steps or opts.epochs * len(train_data)
     generator = torch.Generator().manual_seed(opts.seed)
     opt = torch.optim.Adam(tensors, lr=opts.lr)
+    warmup = (torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / opts.warmup, total_iters=opts.warmup)
+              if opts.warmup else None)
     before = best = heldout()
     best_state, best_step, history = [t.detach().clone() for t in tensors], 0, [(0, before)]
     train_history: list[tuple[int, float]] = []
@@ -401,6 +403,8 @@ def refine_output(result: CompressionResult, model: nn.Module, batches: Sequence
                 t.grad = g
                 used.update([j] if g is not None else [])
             opt.step()
+            if warmup is not None:
+                warmup.step()
             step += 1
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.4g}", heldout=f"{best:.4g}")

@@ -223,3 +223,19 @@ def test_pooled_rows_need_a_backbone():
     with pytest.raises(RefineError, match="has a head"):
         fxapprox.compress(model, batches, spans=[(0, 1)], num_samples=8, progress=False, refine="output",
                           refine_options={"rows": "pooled"})
+
+
+def test_warmup_scales_the_first_steps():
+    """With `warmup=10` the first step is taken at `lr / 10`: one step of it lands on the held-out loss
+    of one step at a tenth of the rate without warmup."""
+    model, batches = _model(), tiny_batches(32, 16)
+
+    def after_one_step(lr, warmup):
+        res = _compress(model, batches, spans=[(0, 3)], refine="output",
+                        refine_options={"lr": lr, "steps": 1, "warmup": warmup})
+        return res.plan.refinement["history"][1][1]
+
+    assert after_one_step(1e-3, 10) == pytest.approx(after_one_step(1e-4, 0), rel=1e-9)
+    assert after_one_step(1e-3, 10) != pytest.approx(after_one_step(1e-3, 0), rel=1e-9)
+    with pytest.raises(RefineError, match="warmup"):
+        RefineOptions(warmup=-1)

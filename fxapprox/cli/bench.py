@@ -187,6 +187,9 @@ def _run_torch(args: argparse.Namespace, sizes: list[int]) -> int:
     if any(_is_onnx(t) for t in args.targets):
         raise ExportError("--torch times PyTorch modules: pass a plan directory (or a model and a plan directory), "
                           "not .onnx files")
+    if args.providers is not None:
+        raise ExportError("--providers chooses onnxruntime's execution providers, and --torch times PyTorch: drop "
+                          "--providers (PyTorch runs where --device says)")
     loaded = [load_source(t, args) for t in args.targets]
     if len(loaded) == 1:
         target, inputs, original = loaded[0]

@@ -22,6 +22,7 @@ from fxapprox.cli.common import (
     add_units_arg,
     fraction,
     nonnegative_float,
+    nonnegative_int,
     positive_float,
     positive_int,
     spans_arg,
@@ -38,7 +39,8 @@ _S = argparse.SUPPRESS
 _FIELDS = {"samples": "num_samples"}
 # argparse dest → field of `RefineOptions` (the config's `refine_options`)
 _REFINE_OPTIONS = {"refine_params": "params", "refine_rows": "rows", "refine_steps": "steps",
-                   "refine_time": "time_budget_s", "mlp_fraction": "mlp_fraction"}
+                   "refine_time": "time_budget_s", "refine_lr": "lr", "refine_warmup": "warmup",
+                   "mlp_fraction": "mlp_fraction"}
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -109,6 +111,11 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                         help="with --refine: optimiser steps (default: 3 passes over the calibration samples)")
     refine.add_argument("--refine-time", type=positive_float, default=_S, metavar="SECONDS",
                         help="with --refine: stop training after this many seconds (not reproducible)")
+    refine.add_argument("--refine-lr", type=positive_float, default=_S, metavar="LR",
+                        help="with --refine: Adam's learning rate (default 1e-4; 1e-5 suits --refine-params all)")
+    refine.add_argument("--refine-warmup", type=nonnegative_int, default=_S, metavar="N",
+                        help="with --refine: optimiser steps over which the learning rate rises linearly to "
+                        "--refine-lr (default 0: none)")
     refine.add_argument("--mlp-fraction", type=positive_float, default=_S, metavar="F",
                         help="with --transform mlp: the MLP's FLOPs per token as a fraction of the span's "
                         "(default: 0.1)")

@@ -23,7 +23,7 @@ graph machinery (no code of theirs; shared/DESIGN.md, "The field's rules"):
 * `fxapprox-refined`: the `fxapprox` plan, its maps (and the 1-D parameters after the first span)
   then trained at the model's output (`refine="output"`, `params="maps+norms"`).
 * `fxapprox-tuned`: the same with every parameter after the first span trained (`params="all"`,
-  lr 1e-5): a light fine-tune of the suffix on the calibration data.
+  lr 1e-5 reached over the first 50 steps): a light fine-tune of the suffix on the calibration data.
 * `fxapprox-mlp`: the dynamic program on whole blocks with every span priced as its map plus a
   residual MLP of 10 % of the span's FLOPs (`transform="mlp"`, the budget pays for the MLPs), each
   MLP fitted locally, then refined at the output (`params="maps+norms"`).
@@ -67,7 +67,7 @@ METHODS = ("papers", "shortgpt", "blockpruner", "replaceme", "fxapprox", "fxappr
 DEFAULT_METHODS = METHODS[:5]  # the training-free rules; the trained rows take minutes per plan on a CPU
 # fxapprox's plan trained at the output: each trained fxapprox row's compress options
 TRAINED = {"fxapprox-refined": {"refine": "output", "refine_options": {"params": "maps+norms"}},
-           "fxapprox-tuned": {"refine": "output", "refine_options": {"params": "all", "lr": 1e-5}},
+           "fxapprox-tuned": {"refine": "output", "refine_options": {"params": "all", "lr": 1e-5, "warmup": 50}},
            "fxapprox-mlp": {"transform": "mlp", "refine": "output",
                             "refine_options": {"params": "maps+norms", "mlp_fraction": 0.1}}}
 REFINED = TRAINED["fxapprox-refined"]
