@@ -92,13 +92,14 @@ def _span_costs(cal: Calibration, config: CompressConfig, chooser: str, max_len:
     return costs
 
 
-def _saving_fn(cal: Calibration, config: CompressConfig, kind: str, transform: str, mlp: MlpSize | None
-               ) -> tuple[Callable[[Span], float], float, UnitCosts | None]:
-    """Per span what it saves of `kind`, the budget in the same unit, and the unit costs counted."""
+def _saving_fn(cal: Calibration, config: CompressConfig, kind: str, transform: str, mlp: MlpSize | None,
+               counted: UnitCosts | None) -> tuple[Callable[[Span], float], float, UnitCosts | None]:
+    """Per span what it saves of `kind`, the budget in the same unit, and the unit costs counted
+    (`counted`, when the caller has them already)."""
     if kind == "latency":
         lat = config.block_latency
-        return (lambda sp: lat.saving(*sp, transform)), config.latency_budget * lat.original_ms, None
-    costs = unit_costs(cal.captured.traced, cal.captured.device)
+        return (lambda sp: lat.saving(*sp, transform)), config.latency_budget * lat.original_ms, counted
+    costs = counted or unit_costs(cal.captured.traced, cal.captured.device)
     if kind == "flops":
         return (lambda sp: costs.saving(*sp, transform, "flops", mlp)), config.budget * costs.total_flops, costs
     return (lambda sp: costs.saving(*sp, transform, "params", mlp)), config.param_budget * costs.total_params, costs
@@ -115,11 +116,12 @@ def run(calibration: Calibration, config: CompressConfig) -> Selection:
     num_units = traced.num_units
     chooser = "linear" if config.transform in ("auto", "mlp") else config.transform
     mlp = (config.refine_options or RefineOptions()).mlp_size if config.transform == "mlp" else None
+    # transform="mlp": the refine stage sizes each MLP by these unit costs, the ones a budget prices it with
+    counted = unit_costs(traced, calibration.captured.device) if mlp is not None else None
     if config.spans is not None:
-        counted = unit_costs(traced, calibration.captured.device) if mlp is not None else None  # sizes the MLPs
         return Selection(validate_spans(config.spans, num_units, config.units), "given", unit_costs=counted, mlp=mlp)
     budget = next((name for name in _BUDGETS if getattr(config, name) is not None), None)
-    steps, counted, spans = None, None, []
+    steps, spans = None, []
     if budget is None:
         k = config.num_blocks
         if config.selection == "iterative":
@@ -131,9 +133,8 @@ def run(calibration: Calibration, config: CompressConfig) -> Selection:
             spans = RULES[config.selection](_span_costs(calibration, config, chooser, max_len), num_units, k)
     else:
         kind = _BUDGETS[budget]
-        saves_as = "identity" if chooser == "identity" or config.fold else config.transform
-        saves_as = "linear" if saves_as == "auto" else saves_as
-        saving, target, counted = _saving_fn(calibration, config, kind, saves_as, mlp)
+        saves_as = "identity" if chooser == "identity" or config.fold else "mlp" if mlp else "linear"
+        saving, target, counted = _saving_fn(calibration, config, kind, saves_as, mlp, counted)
         total = target / getattr(config, budget)
 
         def saved(chosen: list[Span]) -> float:
@@ -165,8 +166,6 @@ def run(calibration: Calibration, config: CompressConfig) -> Selection:
             spans, best, ok = first_reaching(plans(), target)
             if not ok:
                 raise _short(config, budget, best, total)
-    if mlp is not None and counted is None:
-        counted = unit_costs(traced, calibration.captured.device)  # the refine stage sizes the MLPs by it
     check_folds(spans, config.fold)
     if config.fold:
         fold_branches(traced, sorted({s for s, _ in spans}))  # typed error for a chosen span that cannot fold

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fxapprox.analysis import Analysis
-from fxapprox.config import CompressConfig
+from fxapprox.config import CompressConfig, RefineOptions
 from fxapprox.costs import MlpSize
 from fxapprox.errors import SpanError
 from fxapprox.select import RULES, candidate_costs, first_reaching
@@ -223,12 +223,11 @@ def fxapprox_trained_plan(an: Analysis, budget: float, method: str = "fxapprox-r
     """`fxapprox_plan`'s spans and maps, then trained at the model's output as `method` says (`TRAINED`;
     `fxapprox-mlp`: spans chosen with each MLP's FLOPs paid from the budget)."""
     options = TRAINED[method]
-    mlp = None
-    if options.get("transform") == "mlp":
-        mlp = MlpSize(options["refine_options"]["mlp_fraction"])
-    plan = fxapprox_plan(an, budget, options.get("transform", "linear"), mlp)
+    transform = options.get("transform", "linear")
+    mlp = RefineOptions(**options["refine_options"]).mlp_size if transform == "mlp" else None
+    plan = fxapprox_plan(an, budget, transform, mlp)
     plan.method = method
-    plan.config = plan.config.replace(**TRAINED[method])
+    plan.config = plan.config.replace(**options)
     return plan
 
 
